@@ -1,0 +1,431 @@
+"""Speed benchmark of the model zoo at equal width: ``python -m core bench``.
+
+For every entry it times
+
+* a training iteration: a 6-step autoregressive rollout from a batch of random velocity stacks,
+  summed MSE against random targets plus ``model.penalty()``, backward and an Adam step;
+* a 20-step batch-1 rollout in eval mode under ``no_grad``,
+
+and reports the median over repeats, the parameter count and the ratios against the strict model
+of the same family and against the plain CNN, all from the same run.
+
+The ``naive-rgroup`` entry is a relaxed C4 group conv network of the same shape as ``rgroup`` that
+rebuilds its kernels on every call by rotating each filter bank for each group element with
+``grid_sample`` in Python loops: the cost structure of the usual published implementation, kept
+here as the reference our layers are measured against. It lives in this module only.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .models import ZooModel, build_model
+from .nn.cache import pairwise_abs_difference
+
+TRAIN_STEPS = 6
+ROLLOUT_STEPS = 20
+# Nonzero so the penalty is part of the training graph, as it is in real training runs.
+ALPHA = 0.1
+
+# Entry label -> (model name, group, uses num_banks). Order is the order of the report.
+ENTRIES: dict[str, tuple[str, str | None, bool]] = {
+    "conv": ("conv", "translation", False),
+    "gconv": ("gconv", "C4", False),
+    "rgroup": ("rgroup", "C4", True),
+    "naive-rgroup": ("naive-rgroup", "C4", True),
+    "rgroup-translation": ("rgroup", "translation", True),
+    "steer": ("steer", "C4", False),
+    "rsteer": ("rsteer", "C4", False),
+    "rpp": ("rpp", "C4", False),
+    "lift": ("lift", "C4", False),
+    "combo": ("combo", "C4", False),
+    "constrained": ("constrained", "translation", False),
+    "mlp": ("mlp", None, False),
+}
+
+# Entry -> the strict model of its family (entries absent here have none: they are the strict
+# reference themselves, or, like mlp, belong to no family).
+STRICT = {
+    "rgroup": "gconv", "naive-rgroup": "gconv", "rpp": "gconv", "lift": "gconv", "combo": "gconv",
+    "rsteer": "steer", "rgroup-translation": "conv", "constrained": "conv",
+}
+
+# The speed targets for the relaxed C4 group conv: (kind, limit) against strict gconv C4.
+TARGETS = (("train", 1.5), ("rollout", 1.2))
+
+# Chosen so the full default run stays around three minutes on a 2-core CPU.
+DEFAULTS = dict(models=tuple(ENTRIES), grid=(64, 64), batch=8, hidden_dim=32, num_layers=5,
+                in_frames=10, kernel_size=3, num_banks=2, repeats=3, warmup=1, device="cpu",
+                dtype="float32", threads=None)
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+# --------------------------------------------------------------------------------------------
+# naive baseline
+
+
+def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
+    """Rotate the spatial dims of ``x [N, C, k, k]`` by ``angle`` with a resampling grid."""
+    c, s = math.cos(angle), math.sin(angle)
+    theta = x.new_tensor([[c, -s, 0.0], [s, c, 0.0]]).expand(x.shape[0], 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _rotation(angle: float, like: torch.Tensor) -> torch.Tensor:
+    c, s = math.cos(angle), math.sin(angle)
+    return like.new_tensor([[c, -s], [s, c]])
+
+
+class NaiveRelaxedGroupConv(nn.Module):
+    """Relaxed C_n lifting / group / projection conv whose kernel is rebuilt on every call by
+    rotating every bank for every group element (one ``grid_sample`` each), with no cache.
+    Same parameter shapes as :class:`core.nn.RelaxedGroupConv`; not numerically identical."""
+
+    def __init__(self, order: int, in_fields: int, out_fields: int, in_rep: str, out_rep: str,
+                 kernel_size: int, num_banks: int):
+        super().__init__()
+        self.order, self.in_rep, self.out_rep = order, in_rep, out_rep
+        self.in_fields, self.out_fields = in_fields, out_fields
+        self.kernel_size = kernel_size
+        d_in = 2 if in_rep == "vector" else order
+        if out_rep == "regular":
+            shape = (num_banks, out_fields, in_fields * d_in, kernel_size, kernel_size)
+        else:  # projection onto vector fields
+            shape = (num_banks, 2 * out_fields, in_fields, kernel_size, kernel_size)
+        fan_in = in_fields * d_in * kernel_size ** 2
+        self.banks = nn.Parameter(torch.randn(shape) * math.sqrt(2.0 / fan_in / num_banks))
+        self.weights = nn.Parameter(torch.ones(num_banks, order))
+        self.bias = nn.Parameter(torch.zeros(out_fields)) if out_rep == "regular" else None
+
+    @property
+    def relaxed_weight(self) -> torch.Tensor:
+        return self.weights
+
+    def symmetry_penalty(self) -> torch.Tensor:
+        return pairwise_abs_difference(self.weights, dim=1)
+
+    def build_kernel(self) -> torch.Tensor:
+        G, k = self.order, self.kernel_size
+        per_element = []
+        for g in range(G):
+            angle = 2 * math.pi * g / G
+            kernel_g = 0
+            for l in range(self.banks.shape[0]):
+                psi = _rotate(self.banks[l], angle)
+                if self.in_rep == "vector":  # turn the input components: psi rho(g)^-1
+                    psi = torch.einsum("oidyx,dc->oicyx", psi.unflatten(1, (-1, 2)),
+                                       _rotation(-angle, psi)).flatten(1, 2)
+                elif self.out_rep == "regular":  # shift the input group axis by g
+                    psi = psi.unflatten(1, (-1, G)).roll(g, 2).flatten(1, 2)
+                if self.out_rep == "vector":  # turn the output components: rho(g) psi
+                    psi = torch.einsum("ab,obiyx->oaiyx", _rotation(angle, psi),
+                                       psi.unflatten(0, (-1, 2))).flatten(0, 1)
+                kernel_g = kernel_g + self.weights[l, g] * psi
+            per_element.append(kernel_g)
+        if self.out_rep == "regular":  # output channel o * G + g
+            return torch.stack(per_element, 1).reshape(self.out_fields * G, -1, k, k)
+        return torch.stack(per_element, 2).reshape(2 * self.out_fields, -1, k, k)  # input i * G + g
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = None if self.bias is None else self.bias.repeat_interleave(self.order)
+        return F.conv2d(x, self.build_kernel(), bias, padding=self.kernel_size // 2)
+
+
+class NaiveRelaxedGroupNet(ZooModel):
+    """Lift (vector -> regular), group convs, projection (regular -> vector), ReLU between: the
+    architecture of ``build_model("rgroup", group="C<n>")`` on the naive layer."""
+
+    def __init__(self, order: int = 4, in_frames: int = 10, hidden_dim: int = 32,
+                 num_layers: int = 5, kernel_size: int = 3, num_banks: int = 2,
+                 alpha: float = 0.0):
+        super().__init__(dict(name="naive-rgroup", group=f"C{order}", in_frames=in_frames,
+                              hidden_dim=hidden_dim, num_layers=num_layers,
+                              kernel_size=kernel_size, num_banks=num_banks, alpha=alpha))
+        c = max(1, hidden_dim // order)
+        plan = ([("vector", in_frames, "regular", c)]
+                + [("regular", c, "regular", c)] * (num_layers - 2)
+                + [("regular", c, "vector", 1)])
+        self.layers = nn.ModuleList(
+            NaiveRelaxedGroupConv(order, fi, fo, ri, ro, kernel_size, num_banks)
+            for ri, fi, ro, fo in plan)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = F.relu(x)
+        return x
+
+
+# --------------------------------------------------------------------------------------------
+# measurement
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" -> CUDA, then MPS, then CPU; an explicit choice must be available."""
+    mps = getattr(torch.backends, "mps", None)
+    has_mps = mps is not None and mps.is_available()
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available")
+    if device == "mps" and not has_mps:
+        raise ValueError("device 'mps' requested but MPS is not available")
+    if device not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device must be auto, cpu, cuda or mps, got {device!r}")
+    return torch.device(device)
+
+
+def _synchronize(device: torch.device) -> None:
+    # Kernels run asynchronously on accelerators: wait so the clock sees the work.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _build(label: str, s: dict) -> nn.Module:
+    name, group, banked = ENTRIES[label]
+    sizes = dict(in_frames=s["in_frames"], hidden_dim=s["hidden_dim"], num_layers=s["num_layers"],
+                 kernel_size=s["kernel_size"], num_banks=s["num_banks"] if banked else 1,
+                 alpha=ALPHA)
+    if name == "naive-rgroup":
+        return NaiveRelaxedGroupNet(order=int(group[1:]), **sizes)
+    return build_model(name, group=group, grid=tuple(s["grid"]), **sizes)
+
+
+def _slide(window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """Drop the oldest (u, v) frame and append the newest."""
+    return torch.cat([window[:, 2:], frame], 1)
+
+
+def _measure(label: str, s: dict, device: torch.device, dtype: torch.dtype) -> dict:
+    torch.manual_seed(0)
+    model = _build(label, s).to(device=device, dtype=dtype)
+    params = sum(p.numel() for p in model.parameters())
+    h, w = s["grid"]
+    opts = dict(device=device, dtype=dtype)
+    x = torch.randn(s["batch"], 2 * s["in_frames"], h, w, **opts)
+    targets = torch.randn(TRAIN_STEPS, s["batch"], 2, h, w, **opts)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train_iteration():
+        optimizer.zero_grad(set_to_none=True)
+        window, loss = x, 0.0
+        for t in range(TRAIN_STEPS):
+            pred = model(window)
+            loss = loss + F.mse_loss(pred, targets[t])
+            window = _slide(window, pred)
+        loss = loss + model.penalty()
+        loss.backward()
+        optimizer.step()
+
+    x1 = x[:1].clone()
+
+    def rollout():
+        # eval() drops any cached kernels, so every timed rollout pays for building them once,
+        # as a fresh rollout after training would.
+        model.eval()
+        with torch.no_grad():
+            window = x1
+            for _ in range(ROLLOUT_STEPS):
+                window = _slide(window, model(window))
+
+    model.train()
+    train_ms = _median_ms(train_iteration, device, s["repeats"], s["warmup"])
+    rollout_ms = _median_ms(rollout, device, s["repeats"], s["warmup"])
+    return dict(params=params, train_ms=train_ms, rollout_ms=rollout_ms)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b <= 0 else a / b
+
+
+def machine_info(device: torch.device) -> dict:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = f"Apple MPS ({platform.machine()})"
+    else:
+        name = _cpu_name()
+    return dict(torch=torch.__version__, python=platform.python_version(),
+                platform=platform.platform(), device=device.type, device_name=name,
+                cpu=_cpu_name(), cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads())
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _parse_models(models) -> list[str]:
+    if isinstance(models, str):
+        models = [m for m in models.split(",") if m.strip()]
+    chosen = {m.strip() for m in models}
+    unknown = sorted(chosen - set(ENTRIES))
+    if unknown:
+        raise ValueError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(ENTRIES)}")
+    if not chosen:
+        raise ValueError(f"no model selected; valid: {', '.join(ENTRIES)}")
+    return [label for label in ENTRIES if label in chosen]
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **settings) -> dict:
+    """Measure the selected entries and return ``{"machine", "settings", "results", "targets"}``.
+
+    Settings (see ``DEFAULTS``): models (labels of ``ENTRIES``, a list or comma-separated string),
+    grid (H, W), batch, hidden_dim, num_layers, in_frames, kernel_size, num_banks, repeats, warmup,
+    device ("auto", "cpu", "cuda", "mps"), dtype ("float32", "float64"), threads (None keeps
+    torch's default). ``progress`` receives one line per finished entry (None for silence).
+    An entry that cannot be built or run (e.g. out of memory) gets an ``error`` instead of times.
+    """
+    unknown = sorted(set(settings) - set(DEFAULTS))
+    if unknown:
+        raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
+    s = {**DEFAULTS, **settings}
+    s["models"] = _parse_models(s["models"])
+    s["grid"] = [int(v) for v in s["grid"]]
+    for key in ("batch", "repeats"):
+        if int(s[key]) < 1:
+            raise ValueError(f"{key} must be >= 1, got {s[key]}")
+    if int(s["warmup"]) < 0:
+        raise ValueError(f"warmup must be >= 0, got {s['warmup']}")
+    if s["dtype"] not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {s['dtype']!r}")
+    device = resolve_device(s["device"])
+    s["device"] = device.type
+
+    threads_before = torch.get_num_threads()
+    if s["threads"] is not None:
+        torch.set_num_threads(int(s["threads"]))
+    try:
+        machine = machine_info(device)
+        measured = {}
+        for label in s["models"]:
+            start = time.perf_counter()
+            try:
+                measured[label] = _measure(label, s, device, DTYPES[s["dtype"]])
+            except (RuntimeError, ValueError) as err:  # OOM, or a spec the grid rules out
+                measured[label] = dict(params=None, train_ms=None, rollout_ms=None,
+                                       error=f"{type(err).__name__}: {err}".splitlines()[0])
+            finally:
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            if progress is not None:
+                m = measured[label]
+                done = (f"train {m['train_ms']:.1f} ms, rollout {m['rollout_ms']:.1f} ms"
+                        if "error" not in m else m["error"])
+                progress(f"[bench] {label}: {done} ({time.perf_counter() - start:.1f} s)")
+    finally:
+        torch.set_num_threads(threads_before)
+
+    results = []
+    for label in s["models"]:
+        name, group, banked = ENTRIES[label]
+        m, strict = measured[label], STRICT.get(label)
+        ref = measured.get(strict, {})
+        conv = measured.get("conv", {})
+        results.append(dict(
+            model=label, name=name, group=group, num_banks=s["num_banks"] if banked else 1,
+            params=m["params"], train_ms=m["train_ms"], rollout_ms=m["rollout_ms"],
+            strict=strict,
+            train_vs_strict=_ratio(m["train_ms"], ref.get("train_ms")),
+            rollout_vs_strict=_ratio(m["rollout_ms"], ref.get("rollout_ms")),
+            train_vs_conv=_ratio(m["train_ms"], conv.get("train_ms")),
+            rollout_vs_conv=_ratio(m["rollout_ms"], conv.get("rollout_ms")),
+            **({"error": m["error"]} if "error" in m else {})))
+
+    headline = next((r for r in results if r["model"] == "rgroup"), {})
+    targets = []
+    for kind, limit in TARGETS:
+        ratio = headline.get(f"{kind}_vs_strict")
+        targets.append(dict(name=f"rgroup C4 L={s['num_banks']} {kind} vs gconv C4", kind=kind,
+                            limit=limit, ratio=ratio,
+                            passed=None if ratio is None else ratio <= limit))
+    s["grid"] = list(s["grid"])
+    s.update(train_steps=TRAIN_STEPS, rollout_steps=ROLLOUT_STEPS, rollout_batch=1, alpha=ALPHA)
+    return dict(machine=machine, settings=s, results=results, targets=targets)
+
+
+# --------------------------------------------------------------------------------------------
+# report
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def format_report(report: dict) -> str:
+    """The report as a readable table, with the machine, the settings and the target checks."""
+    m, s = report["machine"], report["settings"]
+    lines = [
+        f"torch {m['torch']} | python {m['python']} | device {m['device']} ({m['device_name']}) | "
+        f"CPU threads {m['torch_threads']} of {m['cpu_count']}",
+        f"grid {s['grid'][0]}x{s['grid'][1]}, in_frames {s['in_frames']}, hidden {s['hidden_dim']}, "
+        f"layers {s['num_layers']}, kernel {s['kernel_size']}, {s['dtype']}; train: batch "
+        f"{s['batch']}, {s['train_steps']}-step rollout + penalty + Adam; eval: "
+        f"{s['rollout_steps']}-step rollout, batch 1; median of {s['repeats']} "
+        f"after {s['warmup']} warmup",
+        "",
+    ]
+    head = ("model", "group", "L", "params", "train ms", "rollout ms", "strict", "train/strict",
+            "roll/strict", "train/conv", "roll/conv")
+    rows = []
+    for r in report["results"]:
+        rows.append((r["model"], str(r["group"]), str(r["num_banks"]), _fmt(r["params"], ","),
+                     _fmt(r["train_ms"], ".1f"), _fmt(r["rollout_ms"], ".1f"), r["strict"] or "-",
+                     _fmt(r["train_vs_strict"], ".2f"), _fmt(r["rollout_vs_strict"], ".2f"),
+                     _fmt(r["train_vs_conv"], ".2f"), _fmt(r["rollout_vs_conv"], ".2f")))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    left = {0, 1, 6}  # text columns
+
+    def line(cells):
+        return "  ".join(c.ljust(wd) if i in left else c.rjust(wd)
+                         for i, (c, wd) in enumerate(zip(cells, widths))).rstrip()
+
+    lines += [line(head), line(["-" * wd for wd in widths]), *map(line, rows)]
+    errors = [r for r in report["results"] if "error" in r]
+    if errors:
+        lines += ["", *(f"{r['model']}: {r['error']}" for r in errors)]
+    lines.append("")
+    for t in report["targets"]:
+        verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
+        lines.append(f"{verdict} {t['name']}: {_fmt(t['ratio'], '.2f')}x (target <= "
+                     f"{t['limit']}x)")
+    return "\n".join(lines)
