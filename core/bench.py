@@ -76,8 +76,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def _rotate(x: torch.Tensor, angle: float) -> torch.Tensor:
-    """Rotate the spatial dims of ``x [N, C, k, k]`` by ``angle`` with a resampling grid."""
-    c, s = math.cos(angle), math.sin(angle)
+    """Rotate the spatial dims of ``x [N, C, k, k]`` counter-clockwise by ``angle``: ``x(g^-1 z)``.
+    affine_grid samples the input at ``theta @ z``, so theta is the inverse rotation."""
+    c, s = math.cos(-angle), math.sin(-angle)
     theta = x.new_tensor([[c, -s, 0.0], [s, c, 0.0]]).expand(x.shape[0], 2, 3)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -292,7 +293,7 @@ def _cpu_name() -> str:
 def _parse_models(models) -> list[str]:
     if isinstance(models, str):
         models = [m for m in models.split(",") if m.strip()]
-    chosen = {m.strip() for m in models}
+    chosen = {m.strip() for m in models if m.strip()}
     unknown = sorted(chosen - set(ENTRIES))
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(ENTRIES)}")
@@ -323,6 +324,10 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
     for key in ("batch", "repeats"):
         if int(s[key]) < 1:
             raise ValueError(f"{key} must be >= 1, got {s[key]}")
+    if int(s["kernel_size"]) % 2 == 0:
+        raise ValueError(f"kernel_size must be odd, got {s['kernel_size']}")
+    if int(s["num_layers"]) < 2:
+        raise ValueError(f"num_layers must be >= 2, got {s['num_layers']}")
     if int(s["warmup"]) < 0:
         raise ValueError(f"warmup must be >= 0, got {s['warmup']}")
     if s["dtype"] not in DTYPES:
@@ -397,11 +402,11 @@ def format_report(report: dict) -> str:
     lines = [
         f"torch {m['torch']} | python {m['python']} | device {m['device']} ({m['device_name']}) | "
         f"CPU threads {m['torch_threads']} of {m['cpu_count']}",
-        f"grid {s['grid'][0]}x{s['grid'][1]}, in_frames {s['in_frames']}, hidden {s['hidden_dim']}, "
-        f"layers {s['num_layers']}, kernel {s['kernel_size']}, {s['dtype']}; train: batch "
-        f"{s['batch']}, {s['train_steps']}-step rollout + penalty + Adam; eval: "
-        f"{s['rollout_steps']}-step rollout, batch 1; median of {s['repeats']} "
-        f"after {s['warmup']} warmup",
+        f"grid {s['grid'][0]}x{s['grid'][1]}, in_frames {s['in_frames']}, "
+        f"hidden {s['hidden_dim']}, layers {s['num_layers']}, kernel {s['kernel_size']}, "
+        f"{s['dtype']}; median of {s['repeats']} after {s['warmup']} warmup",
+        f"train: batch {s['batch']}, {s['train_steps']}-step rollout + penalty + Adam step; "
+        f"rollout: {s['rollout_steps']} steps, batch {s['rollout_batch']}, eval, no_grad",
         "",
     ]
     head = ("model", "group", "L", "params", "train ms", "rollout ms", "strict", "train/strict",

@@ -143,7 +143,7 @@ class SymmetrizedConv(nn.Module):
 
     def __init__(self, strict: RelaxedGroupConv):
         super().__init__()
-        self.buffers_ = strict.buffers_
+        self.action = strict.action
         self.in_rep, self.out_rep = strict.in_rep, strict.out_rep
         self.padding = strict.kernel_size // 2
         with torch.no_grad():
@@ -158,7 +158,7 @@ class SymmetrizedConv(nn.Module):
         return self.weight
 
     def symmetry_penalty(self):
-        return self.buffers_.symmetry_defect(self.weight, self.in_rep, self.out_rep)
+        return self.action.symmetry_defect(self.weight, self.in_rep, self.out_rep)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, padding=self.padding)
@@ -302,8 +302,6 @@ def _validate(spec: dict):
         valid = " or ".join("None" if a is None else repr(a) for a in _ALLOWED[name])
         raise SpecError(f"model {name!r} does not support group {spec['group']!r}; "
                         f"valid groups: {valid}")
-    if name == "lift" and (spec["grid"][0] < 8 or spec["grid"][1] < 8):
-        raise SpecError(f"lift pools the input to 8x8 and needs grid >= (8, 8), got {grid!r}")
     return group
 
 

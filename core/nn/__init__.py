@@ -1,9 +1,9 @@
 """Relaxed and strict equivariant layers. Each relaxed layer exposes ``relaxed_weight`` (the live
 parameter, or None when strict) and ``symmetry_penalty()`` (R, zero exactly when symmetric)."""
 from .cache import CachedKernel
-from .group_conv import GroupBuffers, RelaxedGroupConv
+from .group_conv import KernelAction, RelaxedGroupConv
 from .steerable import GatedNonlinearity, RelaxedSteerableConv, steerable_basis
 from .translation import LocallyConnected2d, RelaxedTranslationConv
 
-__all__ = ["CachedKernel", "GroupBuffers", "RelaxedGroupConv", "RelaxedSteerableConv",
+__all__ = ["CachedKernel", "KernelAction", "RelaxedGroupConv", "RelaxedSteerableConv",
            "GatedNonlinearity", "steerable_basis", "RelaxedTranslationConv", "LocallyConnected2d"]

@@ -54,12 +54,9 @@ def pairwise_abs_difference(w: torch.Tensor, dim: int) -> torch.Tensor:
     return (w.unsqueeze(-1) - w.unsqueeze(-2)).abs().mean()
 
 
-def neighbour_abs_difference(w: torch.Tensor) -> torch.Tensor:
-    """Mean |difference| between neighbours along the last two (spatial) dims: 0 exactly when w
-    is constant over that grid (the grid is connected)."""
-    terms = []
-    if w.shape[-2] > 1:
-        terms.append((w[..., 1:, :] - w[..., :-1, :]).abs().mean())
-    if w.shape[-1] > 1:
-        terms.append((w[..., :, 1:] - w[..., :, :-1]).abs().mean())
-    return sum(terms) if terms else w.new_zeros(())
+def neighbour_abs_difference(w: torch.Tensor, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+    """Mean |difference| between neighbours along the two grid ``dims`` (default the last two):
+    0 exactly when w is constant over that grid (the grid is connected)."""
+    terms = [(w.narrow(d, 1, w.shape[d] - 1) - w.narrow(d, 0, w.shape[d] - 1)).abs().mean()
+             for d in dims if w.shape[d] > 1]
+    return torch.stack(terms).sum() if terms else w.new_zeros(())

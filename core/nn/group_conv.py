@@ -54,7 +54,7 @@ def kernel_transforms(group: _PlanarGroup, kernel_size: int) -> torch.Tensor:
     return moved.transpose(1, 2).contiguous()  # [g, z, y]
 
 
-class GroupBuffers(nn.Module):
+class KernelAction(nn.Module):
     """The precomputed action of a finite planar group on a k x k kernel: ``T``, ``rho``, ``perm``."""
 
     def __init__(self, group, kernel_size: int):
@@ -130,8 +130,8 @@ class RelaxedGroupConv(CachedKernel):
                              f"got {in_rep!r} -> {out_rep!r}")
         if num_banks < 1 or (not relaxed and num_banks != 1):
             raise ValueError(f"num_banks must be >= 1 (exactly 1 for a strict layer), got {num_banks}")
-        self.buffers_ = GroupBuffers(group, kernel_size)
-        self.group = self.buffers_.group
+        self.action = KernelAction(group, kernel_size)
+        self.group = self.action.group
         G = self.group.order
         self.in_fields, self.out_fields = in_fields, out_fields
         self.in_rep, self.out_rep = in_rep, out_rep
@@ -172,7 +172,7 @@ class RelaxedGroupConv(CachedKernel):
         return pairwise_abs_difference(self.weights, dim=1)
 
     def build_kernel(self) -> torch.Tensor:
-        b = self.buffers_
+        b = self.action
         w, psi, G, k = self.weights, self.banks, self.group.order, self.kernel_size
         if self.out_rep == "regular":
             if self.in_rep == "regular":

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from core.groups import Element, SO2Group, get_group, transform_field, transform_scalar
-from core.nn import (GroupBuffers, RelaxedGroupConv, RelaxedSteerableConv,
+from core.nn import (KernelAction, RelaxedGroupConv, RelaxedSteerableConv,
                      RelaxedTranslationConv, steerable_basis)
 
 from .conftest import small_model
@@ -55,7 +55,7 @@ def test_translation_penalty_sees_neighbour_differences():
 # ---------------------------------------------------------------- group conv machinery
 def test_kernel_transforms_are_permutations_for_exact_groups():
     for name in ("C4", "D4"):
-        T = GroupBuffers(name, 5).T
+        T = KernelAction(name, 5).T
         assert set(T.unique().tolist()) == {0.0, 1.0}
         assert torch.equal(T.sum(1), torch.ones(T.shape[0], 25))
         assert torch.equal(T.sum(2), torch.ones(T.shape[0], 25))
@@ -68,7 +68,7 @@ def test_every_layer_type_is_equivariant_and_orbit_fixes_its_kernel(float64, in_
     group = get_group("D4")
     layer = RelaxedGroupConv(group, 2, 3, in_rep, out_rep, 3, num_banks=2).eval()
     K = layer.build_kernel()
-    assert torch.equal(layer.buffers_.orbit(K, in_rep, out_rep), K.expand(8, *K.shape))
+    assert torch.equal(layer.action.orbit(K, in_rep, out_rep), K.expand(8, *K.shape))
     dims = {"scalar": 1, "vector": 2, "regular": 8}
     x = torch.randn(1, 2 * dims[in_rep], 7, 7)
 
@@ -89,8 +89,8 @@ def test_every_layer_type_is_equivariant_and_orbit_fixes_its_kernel(float64, in_
 def test_symmetry_defect_is_zero_only_on_equivariant_kernels(float64):
     layer = RelaxedGroupConv("C4", 2, 2, "vector", "regular", 3)
     K = layer.build_kernel()
-    assert layer.buffers_.symmetry_defect(K, "vector", "regular").item() == 0.0
-    assert layer.buffers_.symmetry_defect(torch.randn_like(K), "vector", "regular").item() > 0.1
+    assert layer.action.symmetry_defect(K, "vector", "regular").item() == 0.0
+    assert layer.action.symmetry_defect(torch.randn_like(K), "vector", "regular").item() > 0.1
 
 
 def test_strict_layer_has_no_trainable_bank_weights():
