@@ -56,9 +56,13 @@ def _add_bench(commands) -> None:
                    help="comma-separated entries to measure, from: " + ", ".join(ENTRIES)
                         + " (default: all)")
     p.add_argument("--repeats", metavar="N", type=_positive, default=d["repeats"],
-                   help="timed repeats; the median is reported (default: %(default)s)")
+                   help="interleaved timing rounds; the median is reported (default: %(default)s)")
     p.add_argument("--warmup", metavar="N", type=_non_negative, default=d["warmup"],
                    help="untimed repeats first (default: %(default)s)")
+    p.add_argument("--sample-seconds", metavar="S", dest="sample_seconds", type=float,
+                   default=d["sample_seconds"],
+                   help="each timed sample repeats a task to last about this long "
+                        "(default: %(default)s)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d["device"],
                    help="auto picks CUDA, then MPS, then CPU (default: %(default)s)")
     p.add_argument("--dtype", choices=("float32", "float64"), default=d["dtype"],

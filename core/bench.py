@@ -63,9 +63,12 @@ STRICT = {
 # The speed targets for the relaxed C4 group conv: (kind, limit) against strict gconv C4.
 TARGETS = (("train", 1.5), ("rollout", 1.2))
 
+MAX_CALLS = 50  # per sample, for the cheapest models
+
 # Chosen so the full default run stays around three minutes on a 2-core CPU.
 DEFAULTS = dict(models=tuple(ENTRIES), grid=(64, 64), batch=8, hidden_dim=32, num_layers=5,
-                in_frames=10, kernel_size=3, num_banks=2, repeats=3, warmup=1, device="cpu",
+                in_frames=10, kernel_size=3, num_banks=2, repeats=5, warmup=2, sample_seconds=0.3,
+                device="cpu",
                 dtype="float32", threads=None)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -197,17 +200,14 @@ def _synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def _median_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
+def _time_ms(fn: Callable[[], object], device: torch.device, calls: int) -> float:
+    """Mean wall time of ``calls`` back-to-back calls, in ms."""
+    _synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
         fn()
-    times = []
-    for _ in range(repeats):
-        _synchronize(device)
-        start = time.perf_counter()
-        fn()
-        _synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+    _synchronize(device)
+    return (time.perf_counter() - start) * 1e3 / calls
 
 
 def _build(label: str, s: dict) -> nn.Module:
@@ -225,42 +225,86 @@ def _slide(window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     return torch.cat([window[:, 2:], frame], 1)
 
 
-def _measure(label: str, s: dict, device: torch.device, dtype: torch.dtype) -> dict:
-    torch.manual_seed(0)
-    model = _build(label, s).to(device=device, dtype=dtype)
-    params = sum(p.numel() for p in model.parameters())
-    h, w = s["grid"]
-    opts = dict(device=device, dtype=dtype)
-    x = torch.randn(s["batch"], 2 * s["in_frames"], h, w, **opts)
-    targets = torch.randn(TRAIN_STEPS, s["batch"], 2, h, w, **opts)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+class _Workload:
+    """One entry's model with its two timed tasks: ``train`` (one training iteration) and
+    ``rollout`` (a 20-step batch-1 eval rollout)."""
 
-    def train_iteration():
-        optimizer.zero_grad(set_to_none=True)
-        window, loss = x, 0.0
+    def __init__(self, label: str, s: dict, device: torch.device, dtype: torch.dtype):
+        torch.manual_seed(0)
+        self.model = model = _build(label, s).to(device=device, dtype=dtype)
+        self.params = sum(p.numel() for p in model.parameters())
+        h, w = s["grid"]
+        opts = dict(device=device, dtype=dtype)
+        self.x = torch.randn(s["batch"], 2 * s["in_frames"], h, w, **opts)
+        self.targets = torch.randn(TRAIN_STEPS, s["batch"], 2, h, w, **opts)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def train(self) -> None:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        window, loss = self.x, 0.0
         for t in range(TRAIN_STEPS):
-            pred = model(window)
-            loss = loss + F.mse_loss(pred, targets[t])
+            pred = self.model(window)
+            loss = loss + F.mse_loss(pred, self.targets[t])
             window = _slide(window, pred)
-        loss = loss + model.penalty()
+        loss = loss + self.model.penalty()
         loss.backward()
-        optimizer.step()
+        self.optimizer.step()
 
-    x1 = x[:1].clone()
-
-    def rollout():
-        # eval() drops any cached kernels, so every timed rollout pays for building them once,
-        # as a fresh rollout after training would.
-        model.eval()
+    def rollout(self) -> None:
+        # eval() drops any cached kernels, so every rollout pays for building them once, as a
+        # fresh rollout after training does.
+        self.model.eval()
         with torch.no_grad():
-            window = x1
+            window = self.x[:1]
             for _ in range(ROLLOUT_STEPS):
-                window = _slide(window, model(window))
+                window = _slide(window, self.model(window))
 
-    model.train()
-    train_ms = _median_ms(train_iteration, device, s["repeats"], s["warmup"])
-    rollout_ms = _median_ms(rollout, device, s["repeats"], s["warmup"])
-    return dict(params=params, train_ms=train_ms, rollout_ms=rollout_ms)
+
+def _measure_all(labels: list[str], s: dict, device: torch.device, dtype: torch.dtype,
+                 progress: Callable[[str], None] | None) -> dict[str, dict]:
+    """Time every entry in interleaved rounds (each round times every model once), so slow drift
+    of a shared machine hits all models alike; the median over rounds is reported. Each sample
+    repeats a task enough times to last about ``sample_seconds``."""
+    say = progress or (lambda line: None)
+    measured, loads, calls = {}, {}, {}
+
+    def fail(label, err):
+        measured[label] = dict(params=None, train_ms=None, rollout_ms=None,
+                               error=f"{type(err).__name__}: {err}".splitlines()[0])
+        loads.pop(label, None)
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    for label in labels:
+        try:
+            load = loads[label] = _Workload(label, s, device, dtype)
+            for task in ("train", "rollout"):
+                fn = getattr(load, task)
+                for _ in range(s["warmup"]):
+                    fn()
+                once = _time_ms(fn, device, 1) / 1e3
+                calls[label, task] = max(1, min(MAX_CALLS, round(s["sample_seconds"] / once)))
+            say(f"[bench] {label}: built and warmed up")
+        except (RuntimeError, ValueError) as err:  # OOM, or a spec the grid rules out
+            fail(label, err)
+            say(f"[bench] {label}: {measured[label]['error']}")
+    samples = {key: [] for key in calls}
+    for r in range(s["repeats"]):
+        for label in list(loads):
+            try:
+                for task in ("train", "rollout"):
+                    samples[label, task].append(
+                        _time_ms(getattr(loads[label], task), device, calls[label, task]))
+            except RuntimeError as err:
+                fail(label, err)
+        say(f"[bench] round {r + 1}/{s['repeats']} done")
+    for label, load in loads.items():
+        measured[label] = dict(params=load.params,
+                               train_ms=statistics.median(samples[label, "train"]),
+                               rollout_ms=statistics.median(samples[label, "rollout"]))
+    return measured
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -311,8 +355,9 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
 
     Settings (see ``DEFAULTS``): models (labels of ``ENTRIES``, a list or comma-separated string),
     grid (H, W), batch, hidden_dim, num_layers, in_frames, kernel_size, num_banks, repeats, warmup,
+    sample_seconds (each timed sample repeats a task to last about this long),
     device ("auto", "cpu", "cuda", "mps"), dtype ("float32", "float64"), threads (None keeps
-    torch's default). ``progress`` receives one line per finished entry (None for silence).
+    torch's default). ``progress`` receives a line per built entry and per round (None: silent).
     An entry that cannot be built or run (e.g. out of memory) gets an ``error`` instead of times.
     """
     unknown = sorted(set(settings) - set(DEFAULTS))
@@ -340,23 +385,7 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         torch.set_num_threads(int(s["threads"]))
     try:
         machine = machine_info(device)
-        measured = {}
-        for label in s["models"]:
-            start = time.perf_counter()
-            try:
-                measured[label] = _measure(label, s, device, DTYPES[s["dtype"]])
-            except (RuntimeError, ValueError) as err:  # OOM, or a spec the grid rules out
-                measured[label] = dict(params=None, train_ms=None, rollout_ms=None,
-                                       error=f"{type(err).__name__}: {err}".splitlines()[0])
-            finally:
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            if progress is not None:
-                m = measured[label]
-                done = (f"train {m['train_ms']:.1f} ms, rollout {m['rollout_ms']:.1f} ms"
-                        if "error" not in m else m["error"])
-                progress(f"[bench] {label}: {done} ({time.perf_counter() - start:.1f} s)")
+        measured = _measure_all(s["models"], s, device, DTYPES[s["dtype"]], progress)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -404,7 +433,8 @@ def format_report(report: dict) -> str:
         f"CPU threads {m['torch_threads']} of {m['cpu_count']}",
         f"grid {s['grid'][0]}x{s['grid'][1]}, in_frames {s['in_frames']}, "
         f"hidden {s['hidden_dim']}, layers {s['num_layers']}, kernel {s['kernel_size']}, "
-        f"{s['dtype']}; median of {s['repeats']} after {s['warmup']} warmup",
+        f"{s['dtype']}; median of {s['repeats']} interleaved rounds (samples of ~"
+        f"{s['sample_seconds']:g} s) after {s['warmup']} warmup",
         f"train: batch {s['batch']}, {s['train_steps']}-step rollout + penalty + Adam step; "
         f"rollout: {s['rollout_steps']} steps, batch {s['rollout_batch']}, eval, no_grad",
         "",
