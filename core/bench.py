@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .devices import resolve_device
 from .models import ZooModel, build_model
 from .nn.cache import pairwise_abs_difference
 
@@ -175,21 +176,6 @@ class NaiveRelaxedGroupNet(ZooModel):
 
 # --------------------------------------------------------------------------------------------
 # measurement
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" -> CUDA, then MPS, then CPU; an explicit choice must be available."""
-    mps = getattr(torch.backends, "mps", None)
-    has_mps = mps is not None and mps.is_available()
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available")
-    if device == "mps" and not has_mps:
-        raise ValueError("device 'mps' requested but MPS is not available")
-    if device not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device must be auto, cpu, cuda or mps, got {device!r}")
-    return torch.device(device)
 
 
 def _synchronize(device: torch.device) -> None:
