@@ -169,12 +169,16 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     path = Path(path)
     validate(ds, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    encoding = {"velocity": {"zlib": True, "complevel": 4,
-                             "chunksizes": (1, 1, 2, *ds.velocity.shape[-2:])}}
+    chunk = (1, min(16, ds.velocity.shape[1]), 2, *ds.velocity.shape[-2:])
+    encoding = {"velocity": {"compression": "gzip", "compression_opts": 1, "shuffle": True,
+                             "chunksizes": chunk}}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

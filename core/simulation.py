@@ -192,8 +192,9 @@ def _turn_vector(v: tuple[float, float], k: int) -> tuple[float, float]:
 def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | None = None, *,
              buoyancy_map: torch.Tensor | None = None, device: str | torch.device = "cpu",
              progress: Callable[[int, int], None] | None = None,
-             cancel: Callable[[], bool] | None = None) -> torch.Tensor:
-    """Run one batch of simulations; return velocity ``[sims, steps, 2, H, W]`` (float32, CPU).
+             cancel: Callable[[], bool] | None = None, return_smoke: bool = False):
+    """Run one batch of simulations; return velocity ``[sims, steps, 2, H, W]`` (float32, CPU),
+    and with ``return_smoke`` also the final smoke ``[sims, inflows, H, W]`` (grid frame).
 
     Args:
         inflows: per simulation, a non-empty list of :class:`Inflow`.
@@ -260,4 +261,5 @@ def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | Non
     for s, k in enumerate(turns):
         if k:
             out[s] = transform_field(out[s], "C4", k)
-    return out.cpu()
+            smoke[s] = transform_scalar(smoke[s], "C4", k)
+    return (out.cpu(), smoke.cpu()) if return_smoke else out.cpu()
