@@ -4,7 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test install bench clean
+DATASETS := data/rotation.nc data/translation.nc data/levels.nc
+
+.PHONY: test install bench data clean
 
 install: $(STAMP)
 
@@ -19,6 +21,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m core bench
+
+# default datasets, simulated on first use (deterministic; not committed)
+data: $(DATASETS)
+
+data/%.nc: | $(STAMP)
+	$(PY) -m core generate $* --out $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

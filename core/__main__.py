@@ -69,9 +69,16 @@ def _add_bench(commands) -> None:
                    help="(default: %(default)s)")
     p.add_argument("--threads", metavar="N", type=_positive, default=d["threads"],
                    help="torch CPU threads (default: torch's own choice)")
+    p.add_argument("--suite", choices=("all", "models", "simulation"), default=d["suite"],
+                   help="what to time: the model zoo, the simulator, or both (default: %(default)s)")
+    p.add_argument("--sim-batches", metavar="N", dest="sim_batches", type=_positive, nargs="+",
+                   default=list(d["sim_batches"]),
+                   help="simulator batch sizes (default: %(default)s)")
+    p.add_argument("--sim-steps", metavar="N", dest="sim_steps", type=_positive,
+                   default=d["sim_steps"], help="simulator steps per timing (default: %(default)s)")
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (machine, settings, results, targets) instead of "
-                        "the table")
+                   help="print one JSON object (machine, settings, results, targets, simulation) "
+                        "instead of the table")
     p.set_defaults(handler=_run_bench)
 
 

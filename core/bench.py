@@ -69,7 +69,7 @@ MAX_CALLS = 50  # per sample, for the cheapest models
 # Chosen so the full default run stays around three minutes on a 2-core CPU.
 DEFAULTS = dict(models=tuple(ENTRIES), grid=(64, 64), batch=8, hidden_dim=32, num_layers=5,
                 in_frames=10, kernel_size=3, num_banks=2, repeats=5, warmup=2, sample_seconds=0.3,
-                device="cpu",
+                device="cpu", suite="all", sim_batches=(1, 8, 36), sim_steps=60,
                 dtype="float32", threads=None)
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -336,6 +336,42 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+SUITES = ("all", "models", "simulation")
+# full rotation scenario (36 sims x 310 steps at 64x64): seconds allowed per device type
+SIM_TARGETS = {"cpu": 60.0, "cuda": 5.0}
+
+
+def simulation_benchmark(device: torch.device, batches=(1, 8, 36), steps: int = 60,
+                         grid: int = 64) -> dict:
+    """Simulator throughput at ``grid`` for each batch size (simulations run together), and the
+    time the full rotation scenario (36 sims x 310 steps) would take at batch 36."""
+    from .scenarios import _orbit_of_bottom
+    from .simulation import SimulationConfig, simulate
+
+    orbit = _orbit_of_bottom((grid, grid), 0.1)
+    rows = []
+    for batch in batches:
+        sims = [orbit[i % 4] for i in range(batch)]
+        simulate(sims, SimulationConfig(grid=(grid, grid), steps=3), device=device)  # warm up
+        _synchronize(device)
+        start = time.perf_counter()
+        simulate(sims, SimulationConfig(grid=(grid, grid), steps=steps), device=device)
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        rows.append(dict(batch=batch, steps=steps, seconds=seconds,
+                         sim_steps_per_s=batch * steps / seconds,
+                         ms_per_step=seconds / steps * 1e3))
+    for row in rows:
+        row["speedup_vs_batch1"] = row["sim_steps_per_s"] / rows[0]["sim_steps_per_s"]
+    widest = max(rows, key=lambda r: r["batch"])
+    scenario_s = 36 * 310 / widest["sim_steps_per_s"]
+    limit = SIM_TARGETS.get(device.type)
+    return dict(grid=grid, rows=rows, rotation_scenario_s=scenario_s,
+                target=dict(name=f"full rotation scenario (36 x 310 steps, {grid}x{grid}) at "
+                                 f"batch {widest['batch']}", limit_s=limit,
+                            passed=None if limit is None else scenario_s <= limit))
+
+
 def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **settings) -> dict:
     """Measure the selected entries and return ``{"machine", "settings", "results", "targets"}``.
 
@@ -361,6 +397,8 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         raise ValueError(f"num_layers must be >= 2, got {s['num_layers']}")
     if int(s["warmup"]) < 0:
         raise ValueError(f"warmup must be >= 0, got {s['warmup']}")
+    if s["suite"] not in SUITES:
+        raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {s['suite']!r}")
     if s["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {s['dtype']!r}")
     device = resolve_device(s["device"])
@@ -371,12 +409,18 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         torch.set_num_threads(int(s["threads"]))
     try:
         machine = machine_info(device)
-        measured = _measure_all(s["models"], s, device, DTYPES[s["dtype"]], progress)
+        measured = (_measure_all(s["models"], s, device, DTYPES[s["dtype"]], progress)
+                    if s["suite"] != "simulation" else {})
+        simulation = None
+        if s["suite"] != "models":
+            simulation = simulation_benchmark(device, tuple(s["sim_batches"]), s["sim_steps"])
+            if progress is not None:
+                progress("[bench] simulator measured")
     finally:
         torch.set_num_threads(threads_before)
 
     results = []
-    for label in s["models"]:
+    for label in (s["models"] if measured else []):
         name, group, banked = ENTRIES[label]
         m, strict = measured[label], STRICT.get(label)
         ref = measured.get(strict, {})
@@ -400,7 +444,9 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
                             passed=None if ratio is None else ratio <= limit))
     s["grid"] = list(s["grid"])
     s.update(train_steps=TRAIN_STEPS, rollout_steps=ROLLOUT_STEPS, rollout_batch=1, alpha=ALPHA)
-    return dict(machine=machine, settings=s, results=results, targets=targets)
+    s["sim_batches"] = list(s["sim_batches"])
+    return dict(machine=machine, settings=s, results=results,
+                targets=targets if measured else [], simulation=simulation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -425,6 +471,8 @@ def format_report(report: dict) -> str:
         f"rollout: {s['rollout_steps']} steps, batch {s['rollout_batch']}, eval, no_grad",
         "",
     ]
+    if not report["results"]:
+        lines = lines[:1]
     head = ("model", "group", "L", "params", "train ms", "rollout ms", "strict", "train/strict",
             "roll/strict", "train/conv", "roll/conv")
     rows = []
@@ -433,14 +481,15 @@ def format_report(report: dict) -> str:
                      _fmt(r["train_ms"], ".1f"), _fmt(r["rollout_ms"], ".1f"), r["strict"] or "-",
                      _fmt(r["train_vs_strict"], ".2f"), _fmt(r["rollout_vs_strict"], ".2f"),
                      _fmt(r["train_vs_conv"], ".2f"), _fmt(r["rollout_vs_conv"], ".2f")))
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(head)]
     left = {0, 1, 6}  # text columns
 
     def line(cells):
         return "  ".join(c.ljust(wd) if i in left else c.rjust(wd)
                          for i, (c, wd) in enumerate(zip(cells, widths))).rstrip()
 
-    lines += [line(head), line(["-" * wd for wd in widths]), *map(line, rows)]
+    if rows:
+        lines += [line(head), line(["-" * wd for wd in widths]), *map(line, rows)]
     errors = [r for r in report["results"] if "error" in r]
     if errors:
         lines += ["", *(f"{r['model']}: {r['error']}" for r in errors)]
@@ -449,4 +498,16 @@ def format_report(report: dict) -> str:
         verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
         lines.append(f"{verdict} {t['name']}: {_fmt(t['ratio'], '.2f')}x (target <= "
                      f"{t['limit']}x)")
+    sim = report.get("simulation")
+    if sim:
+        lines += ["", f"simulator, {sim['grid']}x{sim['grid']}:",
+                  "batch  steps  sim-steps/s  ms/step  speed-up vs batch 1"]
+        for r in sim["rows"]:
+            lines.append(f"{r['batch']:>5}  {r['steps']:>5}  {r['sim_steps_per_s']:>11.0f}  "
+                         f"{r['ms_per_step']:>7.2f}  {r['speedup_vs_batch1']:>8.1f}x")
+        t = sim["target"]
+        verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
+        limit = "-" if t["limit_s"] is None else f"{t['limit_s']:g} s"
+        lines.append(f"{verdict} {t['name']}: {sim['rotation_scenario_s']:.1f} s "
+                     f"(target <= {limit})")
     return "\n".join(lines)

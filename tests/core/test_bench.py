@@ -15,7 +15,7 @@ TINY = dict(grid=(8, 8), batch=1, hidden_dim=8, num_layers=2, in_frames=1, repea
 
 def test_report_has_every_entry_with_ratios_from_the_same_run():
     report = run_benchmark(models="conv,gconv,rgroup,naive-rgroup,rsteer,steer", progress=None,
-                           **TINY)
+                           suite="models", **TINY)
     by = {r["model"]: r for r in report["results"]}
     assert set(by) == {"conv", "gconv", "rgroup", "naive-rgroup", "rsteer", "steer"}
     for r in by.values():
@@ -40,7 +40,7 @@ def test_naive_baseline_is_the_same_kind_of_function(float64):
 def test_cli_prints_json(capsys):
     code = main(["bench", "--json", "--models", "conv,gconv", "--grid", "8", "8", "--batch", "1",
                  "--hidden", "8", "--layers", "2", "--frames", "1", "--repeats", "1",
-                 "--warmup", "0", "--sample-seconds", "0"])
+                 "--warmup", "0", "--sample-seconds", "0", "--suite", "models"])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) >= {"machine", "settings", "results", "targets"}
@@ -59,3 +59,13 @@ def test_help_runs(argv, capsys):
         main(argv)
     assert exit_.value.code == 0
     assert "bench" in capsys.readouterr().out
+
+
+def test_simulation_suite_reports_throughput_and_target():
+    report = run_benchmark(suite="simulation", sim_batches=(1, 2), sim_steps=2, progress=None)
+    assert report["results"] == [] and report["targets"] == []
+    sim = report["simulation"]
+    assert [r["batch"] for r in sim["rows"]] == [1, 2]
+    assert sim["rows"][0]["speedup_vs_batch1"] == 1.0
+    assert sim["rotation_scenario_s"] == pytest.approx(36 * 310 / sim["rows"][1]["sim_steps_per_s"])
+    assert sim["target"]["limit_s"] == 60.0 and isinstance(sim["target"]["passed"], bool)
