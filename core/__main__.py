@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def _positive(text: str) -> int:
@@ -222,6 +223,268 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_model_and_training(p, *, sweep: bool = False) -> None:
+    """Arguments shared by `train` and `sweep`."""
+    p.add_argument("--data", required=True, metavar="PATH", help="dataset (netCDF)")
+    p.add_argument("--model", required=True, metavar="NAME", help="model name, e.g. rgroup")
+    p.add_argument("--group", default=None, metavar="G", help="symmetry group, e.g. C4, D4, SO2, "
+                                                               "translation")
+    if not sweep:
+        p.add_argument("--num-banks", type=_positive, default=1, metavar="L")
+        p.add_argument("--alpha", type=float, default=0.0, metavar="A")
+        p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--hidden", type=_positive, default=32, metavar="H", help="channels per pixel")
+    p.add_argument("--layers", type=_positive, default=5, metavar="K")
+    p.add_argument("--kernel", type=_positive, default=3, metavar="N")
+    p.add_argument("--frames", type=_positive, default=10, metavar="N", help="input frames")
+    p.add_argument("--epochs", type=_positive, default=20, metavar="E")
+    p.add_argument("--batch-size", type=_positive, default=8, metavar="B")
+    p.add_argument("--lr", type=float, default=1e-3, metavar="LR")
+    p.add_argument("--batches-per-epoch", type=_positive, default=None, metavar="N",
+                   help="cap batches per epoch (random subset) for quick runs")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="run store (default ./runs)")
+
+
+def _specs(args, alpha: float, banks: int, seed: int) -> tuple[dict, dict]:
+    model = dict(name=args.model, group=args.group, in_frames=args.frames, hidden_dim=args.hidden,
+                 num_layers=args.layers, kernel_size=args.kernel, num_banks=banks, alpha=alpha)
+    training = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed,
+                    device=args.device, batches_per_epoch=args.batches_per_epoch)
+    return model, training
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="train one model in the foreground (a run is saved)",
+                            description="Train a model on a dataset; the run (spec, weights, "
+                                        "metrics, status) is saved in the run store, whose "
+                                        "directory is printed last.")
+    _add_model_and_training(p)
+    p.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .datasets import DatasetError, load_dataset
+    from .errors import SpecError
+    from .jobs import execute_run
+    from .models import build_model
+    from .runs import RunStore
+    from .training import TrainConfig
+
+    model_spec, training = _specs(args, args.alpha, args.num_banks, args.seed)
+    try:
+        TrainConfig.from_dict(training)
+        ds = load_dataset(args.data)
+        model_spec["grid"] = list(ds["velocity"].shape[-2:])
+        build_model(**model_spec)
+        run = RunStore(args.runs).create(model_spec, training, str(Path(args.data).resolve()))
+    except (SpecError, DatasetError, ValueError) as err:
+        return _fail(str(err))
+    bar = tqdm(total=args.epochs, unit="epoch", desc=f"{args.model} {args.group or ''}".strip(),
+               file=sys.stderr)
+
+    def progress(info):
+        if info["kind"] == "batch":
+            bar.set_postfix_str(f"batch {info['batch']}/{info['batches']} loss {info['loss']:.4g}")
+        else:
+            bar.update(1)
+            bar.set_postfix_str(f"valid RMSE {info['valid_rmse']:.4g}")
+
+    state = execute_run(run.path, progress=progress, ds=ds)
+    bar.close()
+    status = run.status()
+    if state != "done":
+        print(f"run {state}: {status.get('error') or status.get('message')}", file=sys.stderr)
+    print(run.path)
+    return 0 if state == "done" else 1
+
+
+def _open_run(text: str, runs: str):
+    from .runs import Run, RunStore
+
+    path = Path(text)
+    if path.is_dir() and (path / "spec.json").exists():
+        return Run.open(path)
+    return RunStore(runs).get(text)
+
+
+def _add_evaluate(commands) -> None:
+    p = commands.add_parser("evaluate", help="rollout errors, equivariance and breaking of a run",
+                            description="Evaluate a run's best weights: future/domain RMSE per "
+                                        "rollout step and mean, model equivariance error, "
+                                        "breaking scores.")
+    p.add_argument("run", help="run directory or run id")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="dataset (default: the run's own)")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="run store for run ids")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=_run_evaluate)
+
+
+def evaluation_report(run, ds) -> dict:
+    """The documented keys of `evaluate --json`."""
+    from .analysis import breaking_analysis
+    from .jobs import evaluate_model
+
+    model = run.load_model()
+    final = evaluate_model(model, ds, max_samples=None)
+    breaking = breaking_analysis(model)
+
+    def num(name):
+        return float(final[name]) if name in final else None
+
+    def per(name, dim):
+        return ({str(k): float(v) for k, v in zip(final[name][dim].values, final[name].values)}
+                if name in final else None)
+
+    return dict(run=run.id, model=model.spec, dataset=str(ds.attrs.get("scenario")),
+                future_rmse=num("future_rmse"), domain_rmse=num("domain_rmse"),
+                future_rmse_step=per("future_rmse_step", "rollout_step"),
+                domain_rmse_step=per("domain_rmse_step", "rollout_step"),
+                equivariance_error=num("equivariance_error"),
+                equivariance_error_element=per("equivariance_error_element", "element"),
+                breaking_score=num("breaking_score"), breaking_kind=breaking.attrs.get("kind"))
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError, load_dataset
+    from .runs import RunError
+
+    try:
+        run = _open_run(args.run, args.runs)
+        ds = load_dataset(args.data or run.spec["dataset"]["path"])
+        report = evaluation_report(run, ds)
+    except (RunError, DatasetError) as err:
+        return _fail(str(err))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"run {report['run']}: {report['model']['name']} {report['model']['group']} on "
+          f"{report['dataset']}")
+    for key in ("future_rmse", "domain_rmse", "equivariance_error", "breaking_score"):
+        value = report[key]
+        print(f"  {key:<20} {'-' if value is None else format(value, '.4f')}")
+    return 0
+
+
+def _add_runs(commands) -> None:
+    p = commands.add_parser("runs", help="list the runs of a run store")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="run store (default ./runs)")
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.set_defaults(handler=_run_runs)
+
+
+def _table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v):
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(b[i]) for b in body]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+RUN_COLUMNS = ["id", "model", "group", "num_banks", "alpha", "dataset", "state", "future_rmse",
+               "domain_rmse", "equivariance_error"]
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    from .runs import RunStore
+
+    rows = RunStore(args.runs).list()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+    elif not rows:
+        print(f"no runs in {args.runs}")
+    else:
+        print(_table(rows, RUN_COLUMNS))
+    return 0
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def _ints(text: str) -> list[int]:
+    values = _floats(text)
+    if any(v != int(v) or v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
+    return [int(v) for v in values]
+
+
+def _add_sweep(commands) -> None:
+    p = commands.add_parser("sweep", help="train a grid of alphas x banks x seeds on Dask",
+                            description="Submit one job per (alpha, num_banks, seed) to a Dask "
+                                        "cluster (a LocalCluster on 127.0.0.1 when no address) "
+                                        "and print the results table.")
+    _add_model_and_training(p, sweep=True)
+    p.add_argument("--alpha", type=_floats, default=[0.0], metavar="A,B,...")
+    p.add_argument("--num-banks", type=_ints, default=[1], metavar="L,M,...")
+    p.add_argument("--seeds", type=_positive, default=1, metavar="N", help="seeds 0..N-1")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: a LocalCluster on 127.0.0.1)")
+    p.set_defaults(handler=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError, load_dataset
+    from .errors import SpecError
+    from .jobs import JobManager
+    from .models import build_model
+    from .training import TrainConfig
+
+    try:
+        ds = load_dataset(args.data)
+        grid = list(ds["velocity"].shape[-2:])
+        points = []
+        for alpha in args.alpha:
+            for banks in args.num_banks:
+                for seed in range(args.seeds):
+                    model, training = _specs(args, alpha, banks, seed)
+                    model["grid"] = grid
+                    build_model(**model)
+                    TrainConfig.from_dict(training)
+                    points.append((model, training))
+    except (SpecError, DatasetError, ValueError) as err:
+        return _fail(str(err))
+    manager = JobManager(args.runs, scheduler=args.scheduler or "local")
+    try:
+        ids = [manager.submit(m, t, str(Path(args.data).resolve())) for m, t in points]
+        print(f"submitted {len(ids)} jobs to {args.scheduler or 'a LocalCluster on 127.0.0.1'}",
+              file=sys.stderr)
+        for run_id in ids:
+            manager.wait(run_id)
+        rows = [r for r in manager.jobs() if r["id"] in set(ids)]
+        for r in rows:
+            r["seed"] = manager.store.get(r["id"]).spec["training"]["seed"]
+        print(_table(rows, ["id", "alpha", "num_banks", "seed", "state", "future_rmse",
+                            "domain_rmse", "equivariance_error"]))
+    finally:
+        manager.shutdown()
+    return 0 if all(r["state"] == "done" for r in rows) else 1
+
+
+def _add_execute(commands) -> None:
+    p = commands.add_parser("execute", help="(internal) run one queued job of a run store")
+    p.add_argument("run_dir")
+    p.set_defaults(handler=_run_execute)
+
+
+def _run_execute(args: argparse.Namespace) -> int:
+    from .jobs import execute_run
+
+    return 0 if execute_run(args.run_dir) == "done" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Run as ``python -m core`` argv[0] is this file's path; name the command as typed instead.
     prog = "python -m core" if sys.argv[0].endswith("__main__.py") else None
@@ -233,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     _add_import_pt(commands)
     _add_info(commands)
+    _add_train(commands)
+    _add_evaluate(commands)
+    _add_runs(commands)
+    _add_sweep(commands)
+    _add_execute(commands)
     return parser
 
 

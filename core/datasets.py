@@ -22,7 +22,6 @@ import json
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +32,7 @@ import xarray as xr
 from . import scenarios as sc
 from .groups import get_group, transform_field
 from .devices import resolve_device
+from .files import atomic_write
 from .simulation import DIV_TOLERANCE, SimulationConfig, max_divergence, simulate
 
 DIMS = ("sim", "time", "component", "y", "x")
@@ -172,17 +172,7 @@ def save_dataset(ds: xr.Dataset, path: str | os.PathLike) -> Path:
     chunk = (1, min(16, ds.velocity.shape[1]), 2, *ds.velocity.shape[-2:])
     encoding = {"velocity": {"compression": "gzip", "compression_opts": 1, "shuffle": True,
                              "chunksizes": chunk}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from other users
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine=ENGINE, encoding=encoding))
     return path
 
 

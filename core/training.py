@@ -154,6 +154,7 @@ class Trainer:
         self.spec = dict(spec)
         self.on_batch, self.on_epoch = on_batch, on_epoch
         self.cancel = cancel or CancelToken()
+        self.result: TrainResult | None = None
         self.device = resolve_device(self.config.device)
         in_frames = self.spec.get("in_frames", 10)
         self.train_set = WindowDataset(ds, "train", in_frames, self.config.train_steps)
@@ -217,8 +218,9 @@ class Trainer:
         if cfg.batches_per_epoch:
             n_batches = min(n_batches, cfg.batches_per_epoch)
         good = _state_copy(model)
-        result = TrainResult(best_state=good, last_state=good, best_epoch=None,
-                             best_valid_rmse=math.inf, device=str(self.device))
+        # kept on the trainer so callbacks can read the history while training runs
+        self.result = result = TrainResult(best_state=good, last_state=good, best_epoch=None,
+                                           best_valid_rmse=math.inf, device=str(self.device))
         stale, started = 0, time.perf_counter()
         model.train()
         for epoch in range(1, cfg.epochs + 1):
