@@ -69,6 +69,7 @@ class TrainConfig:
     threads: int | None = None  # CPU threads; None = all cores but one, 0 = torch's default
     batches_per_epoch: int | None = None  # cap (random subset each epoch) for quick runs
     valid_samples: int | None = 512  # cap on validation windows (evenly spaced), None = all
+    orbit_batches: bool = False  # batches of whole group orbits (see Trainer)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -139,6 +140,11 @@ def _slide(window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """Train the model described by ``spec`` (a :func:`core.models.build_model` spec) on ``ds``.
 
+    ``orbit_batches``: on data whose sims form group orbits (rotation, levels), every batch holds
+    whole orbits (all members at the same start time). On exactly symmetric data the gradient of
+    the relaxed weights is then symmetric at every step, so they stay symmetric up to rounding:
+    relaxation breaks symmetry only where the data does.
+
     Callbacks: ``on_batch(info)`` after every batch with epoch, batch, batches, loss;
     ``on_epoch(info)`` after every epoch with the history row plus best_epoch and eta_seconds.
     Either may call ``cancel()`` on the token.
@@ -169,8 +175,24 @@ class Trainer:
             raise DatasetError(f"model grid {self.spec['grid']} does not match the dataset's "
                                f"{grid}")
         self.spec["grid"] = grid
+        self.orbits = ds["orbit"].values if "orbit" in ds.coords else None
         torch.manual_seed(self.config.seed)
         self.model = build_model(**self.spec).to(self.device)
+
+    def _batch_units(self) -> list[list[int]]:
+        """Training window indices grouped into the units a batch is made of: single windows,
+        or whole orbits at one start time when ``orbit_batches`` is on."""
+        data = self.train_set
+        if not self.config.orbit_batches:
+            return [[i] for i in range(len(data))]
+        if self.orbits is None:
+            raise DatasetError("orbit_batches needs a dataset whose sims form orbits "
+                               "(coordinate 'orbit'), e.g. the rotation or levels scenario")
+        n_starts = len(data.starts)
+        members: dict[int, list[int]] = {}
+        for k, sim in enumerate(data.sims):
+            members.setdefault(int(self.orbits[sim]), []).append(k)
+        return [[k * n_starts + t for k in ks] for ks in members.values() for t in range(n_starts)]
 
     def _valid_rmse(self) -> float:
         """RMSE of the ``train_steps`` rollout over (evenly spaced) validation windows."""
@@ -214,7 +236,9 @@ class Trainer:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
         generator = torch.Generator().manual_seed(cfg.seed)
-        n_batches = math.ceil(len(self.train_set) / cfg.batch_size)
+        units = self._batch_units()
+        per_batch = max(1, cfg.batch_size // len(units[0]))
+        n_batches = math.ceil(len(units) / per_batch)
         if cfg.batches_per_epoch:
             n_batches = min(n_batches, cfg.batches_per_epoch)
         good = _state_copy(model)
@@ -225,14 +249,13 @@ class Trainer:
         model.train()
         for epoch in range(1, cfg.epochs + 1):
             epoch_start = time.perf_counter()
-            order = torch.randperm(len(self.train_set), generator=generator)
-            order = order[:n_batches * cfg.batch_size].tolist()
+            order = torch.randperm(len(units), generator=generator).tolist()
             sums = dict(loss=0.0, mse=0.0, penalty=0.0)
             for b in range(n_batches):
                 if self.cancel.cancelled:
                     result.last_state, result.stopped = _state_copy(model), "cancelled"
                     return result
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                idx = [i for u in order[b * per_batch:(b + 1) * per_batch] for i in units[u]]
                 x = torch.stack([self.train_set[i][0] for i in idx]).to(self.device)
                 y = torch.stack([self.train_set[i][1] for i in idx]).to(self.device)
                 mse = 0.0
