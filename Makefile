@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 
 DATASETS := data/rotation.nc data/translation.nc data/levels.nc
 
-.PHONY: test install bench data clean
+.PHONY: test install bench data pretrained clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ data: $(DATASETS)
 
 data/%.nc: | $(STAMP)
 	$(PY) -m core generate $* --out $@
+
+# the runs shipped in data/pretrained/ (about 10 minutes on a 2-core CPU)
+pretrained: $(DATASETS)
+	$(PY) -m core pretrain --runs data/pretrained
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -70,8 +70,10 @@ def _add_bench(commands) -> None:
                    help="(default: %(default)s)")
     p.add_argument("--threads", metavar="N", type=_positive, default=d["threads"],
                    help="torch CPU threads (default: torch's own choice)")
-    p.add_argument("--suite", choices=("all", "models", "simulation"), default=d["suite"],
-                   help="what to time: the model zoo, the simulator, or both (default: %(default)s)")
+    p.add_argument("--suite", choices=("all", "models", "simulation", "paper"), default=d["suite"],
+                   help="what to time: the model zoo, the simulator, both (all), or the "
+                        "published configurations with epoch times (paper; fp32 and, on CUDA, "
+                        "bf16) (default: %(default)s)")
     p.add_argument("--sim-batches", metavar="N", dest="sim_batches", type=_positive, nargs="+",
                    default=list(d["sim_batches"]),
                    help="simulator batch sizes (default: %(default)s)")
@@ -354,7 +356,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     try:
         run = _open_run(args.run, args.runs)
-        ds = load_dataset(args.data or run.spec["dataset"]["path"])
+        ds = load_dataset(args.data or run.dataset_path())
         report = evaluation_report(run, ds)
     except (RunError, DatasetError) as err:
         return _fail(str(err))
@@ -473,6 +475,27 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0 if all(r["state"] == "done" for r in rows) else 1
 
 
+def _add_pretrain(commands) -> None:
+    p = commands.add_parser("pretrain", help="train the shipped pretrained runs",
+                            description="Train the dashboard's default runs on the default "
+                                        "datasets (see core/pretrained.py).")
+    p.add_argument("--runs", default="data/pretrained", metavar="DIR")
+    p.add_argument("--data-dir", default="data", metavar="DIR")
+    p.add_argument("--force", action="store_true", help="retrain runs that already exist")
+    p.set_defaults(handler=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError
+    from .pretrained import pretrain
+
+    try:
+        pretrain(args.runs, args.data_dir, force=args.force)
+    except DatasetError as err:
+        return _fail(f"{err} (run `make data` first)")
+    return 0
+
+
 def _add_execute(commands) -> None:
     p = commands.add_parser("execute", help="(internal) run one queued job of a run store")
     p.add_argument("run_dir")
@@ -500,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_runs(commands)
     _add_sweep(commands)
+    _add_pretrain(commands)
     _add_execute(commands)
     return parser
 

@@ -54,6 +54,22 @@ ENTRIES: dict[str, tuple[str, str | None, bool]] = {
     "mlp": ("mlp", None, False),
 }
 
+# The published configurations (64x64, 10 frames, 6-step rollout per iteration), with the
+# published implementation's times on an NVIDIA H200 in fp32 (train ms, batch-1 rollout ms);
+# comparable only on the same card.
+PAPER = {
+    "paper-conv": dict(hidden_dim=128, batch=8),
+    "paper-rgroup-translation": dict(hidden_dim=128, num_banks=2, batch=8),
+    "paper-rsteer": dict(hidden_dim=92, batch=16),
+    "paper-rgroup": dict(hidden_dim=32, num_banks=2, batch=8),
+}
+PUBLISHED_H200_MS = {"paper-conv": (15.0, None), "paper-rgroup-translation": (39.0, None),
+                     "paper-rsteer": (65.0, None), "paper-rgroup": (90.0, 136.0)}
+ROTATION_TRAIN_WINDOWS = 28 * 160  # default rotation dataset: train sims x train start times
+for _label, _like in (("paper-conv", "conv"), ("paper-rgroup-translation", "rgroup-translation"),
+                      ("paper-rsteer", "rsteer"), ("paper-rgroup", "rgroup")):
+    ENTRIES[_label] = ENTRIES[_like]
+
 # Entry -> the strict model of its family (entries absent here have none: they are the strict
 # reference themselves, or, like mlp, belong to no family).
 STRICT = {
@@ -67,7 +83,7 @@ TARGETS = (("train", 1.5), ("rollout", 1.2))
 MAX_CALLS = 50  # per sample, for the cheapest models
 
 # Chosen so the full default run stays around three minutes on a 2-core CPU.
-DEFAULTS = dict(models=tuple(ENTRIES), grid=(64, 64), batch=8, hidden_dim=32, num_layers=5,
+DEFAULTS = dict(models=tuple(label for label in ENTRIES if not label.startswith("paper-")), grid=(64, 64), batch=8, hidden_dim=32, num_layers=5,
                 in_frames=10, kernel_size=3, num_banks=2, repeats=5, warmup=2, sample_seconds=0.3,
                 device="cpu", suite="all", sim_batches=(1, 8, 36), sim_steps=60,
                 dtype="float32", threads=None)
@@ -197,7 +213,7 @@ def _time_ms(fn: Callable[[], object], device: torch.device, calls: int) -> floa
 
 
 def _build(label: str, s: dict) -> nn.Module:
-    name, group, banked = ENTRIES[label]
+    name, group, banked = ENTRIES[label.removesuffix("+bf16")]
     sizes = dict(in_frames=s["in_frames"], hidden_dim=s["hidden_dim"], num_layers=s["num_layers"],
                  kernel_size=s["kernel_size"], num_banks=s["num_banks"] if banked else 1,
                  alpha=ALPHA)
@@ -216,6 +232,8 @@ class _Workload:
     ``rollout`` (a 20-step batch-1 eval rollout)."""
 
     def __init__(self, label: str, s: dict, device: torch.device, dtype: torch.dtype):
+        s = {**s, **PAPER.get(label.removesuffix("+bf16"), {})}
+        self.amp = label.endswith("+bf16") and device.type == "cuda"
         torch.manual_seed(0)
         self.model = model = _build(label, s).to(device=device, dtype=dtype)
         self.params = sum(p.numel() for p in model.parameters())
@@ -230,7 +248,8 @@ class _Workload:
         self.optimizer.zero_grad(set_to_none=True)
         window, loss = self.x, 0.0
         for t in range(TRAIN_STEPS):
-            pred = self.model(window)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                pred = self.model(window).float()
             loss = loss + F.mse_loss(pred, self.targets[t])
             window = _slide(window, pred)
         loss = loss + self.model.penalty()
@@ -320,23 +339,39 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def _paper_columns(label: str, m: dict, s: dict) -> dict:
+    """Extra numbers of the published configurations: settings, estimated epoch time on the
+    default rotation dataset, and the published H200 times."""
+    base = label.removesuffix("+bf16")
+    if base not in PAPER or m.get("train_ms") is None:
+        return {}
+    cfg = {**s, **PAPER[base]}
+    iterations = math.ceil(ROTATION_TRAIN_WINDOWS / cfg["batch"])
+    published = PUBLISHED_H200_MS[base]
+    return dict(hidden_dim=cfg["hidden_dim"], batch=cfg["batch"],
+                precision="bf16" if label.endswith("+bf16") else "fp32",
+                epoch_s=m["train_ms"] * iterations / 1e3, published_h200_train_ms=published[0],
+                published_h200_rollout_ms=published[1])
+
+
 def _parse_models(models) -> list[str]:
     if isinstance(models, str):
         models = [m for m in models.split(",") if m.strip()]
     chosen = {m.strip() for m in models if m.strip()}
-    unknown = sorted(chosen - set(ENTRIES))
+    unknown = sorted(m for m in chosen if m.removesuffix("+bf16") not in ENTRIES)
     if unknown:
         raise ValueError(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(ENTRIES)}")
     if not chosen:
         raise ValueError(f"no model selected; valid: {', '.join(ENTRIES)}")
-    return [label for label in ENTRIES if label in chosen]
+    return [label for label in ENTRIES if label in chosen] + sorted(
+        m for m in chosen if m.endswith("+bf16"))
 
 
 def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-SUITES = ("all", "models", "simulation")
+SUITES = ("all", "models", "simulation", "paper")
 # full rotation scenario (36 sims x 310 steps at 64x64): seconds allowed per device type
 SIM_TARGETS = {"cpu": 60.0, "cuda": 5.0}
 
@@ -386,7 +421,11 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
     if unknown:
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
-    s["models"] = _parse_models(s["models"])
+    device = resolve_device(s["device"])
+    if s["suite"] == "paper":  # the published configurations, fp32 and (on CUDA) bf16
+        s["models"] = list(PAPER) + ([f"{k}+bf16" for k in PAPER] if device.type == "cuda" else [])
+    else:
+        s["models"] = _parse_models(s["models"])
     s["grid"] = [int(v) for v in s["grid"]]
     for key in ("batch", "repeats"):
         if int(s[key]) < 1:
@@ -401,7 +440,6 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         raise ValueError(f"suite must be one of {', '.join(SUITES)}, got {s['suite']!r}")
     if s["dtype"] not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {s['dtype']!r}")
-    device = resolve_device(s["device"])
     s["device"] = device.type
 
     threads_before = torch.get_num_threads()
@@ -412,7 +450,7 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         measured = (_measure_all(s["models"], s, device, DTYPES[s["dtype"]], progress)
                     if s["suite"] != "simulation" else {})
         simulation = None
-        if s["suite"] != "models":
+        if s["suite"] in ("all", "simulation"):
             simulation = simulation_benchmark(device, tuple(s["sim_batches"]), s["sim_steps"])
             if progress is not None:
                 progress("[bench] simulator measured")
@@ -421,7 +459,7 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
 
     results = []
     for label in (s["models"] if measured else []):
-        name, group, banked = ENTRIES[label]
+        name, group, banked = ENTRIES[label.removesuffix("+bf16")]
         m, strict = measured[label], STRICT.get(label)
         ref = measured.get(strict, {})
         conv = measured.get("conv", {})
@@ -433,9 +471,12 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
             rollout_vs_strict=_ratio(m["rollout_ms"], ref.get("rollout_ms")),
             train_vs_conv=_ratio(m["train_ms"], conv.get("train_ms")),
             rollout_vs_conv=_ratio(m["rollout_ms"], conv.get("rollout_ms")),
-            **({"error": m["error"]} if "error" in m else {})))
+            **({"error": m["error"]} if "error" in m else {}),
+            **_paper_columns(label, m, s)))
 
     headline = next((r for r in results if r["model"] == "rgroup"), {})
+    measured_zoo = any(r["model"] in ENTRIES and not r["model"].startswith("paper-")
+                       for r in results)
     targets = []
     for kind, limit in TARGETS:
         ratio = headline.get(f"{kind}_vs_strict")
@@ -446,7 +487,7 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
     s.update(train_steps=TRAIN_STEPS, rollout_steps=ROLLOUT_STEPS, rollout_batch=1, alpha=ALPHA)
     s["sim_batches"] = list(s["sim_batches"])
     return dict(machine=machine, settings=s, results=results,
-                targets=targets if measured else [], simulation=simulation)
+                targets=targets if measured_zoo else [], simulation=simulation)
 
 
 # --------------------------------------------------------------------------------------------
@@ -471,12 +512,14 @@ def format_report(report: dict) -> str:
         f"rollout: {s['rollout_steps']} steps, batch {s['rollout_batch']}, eval, no_grad",
         "",
     ]
-    if not report["results"]:
+    if not any("epoch_s" not in r for r in report["results"]):
         lines = lines[:1]
     head = ("model", "group", "L", "params", "train ms", "rollout ms", "strict", "train/strict",
             "roll/strict", "train/conv", "roll/conv")
     rows = []
     for r in report["results"]:
+        if "epoch_s" in r:
+            continue  # the published configurations get their own table below
         rows.append((r["model"], str(r["group"]), str(r["num_banks"]), _fmt(r["params"], ","),
                      _fmt(r["train_ms"], ".1f"), _fmt(r["rollout_ms"], ".1f"), r["strict"] or "-",
                      _fmt(r["train_vs_strict"], ".2f"), _fmt(r["rollout_vs_strict"], ".2f"),
@@ -494,10 +537,22 @@ def format_report(report: dict) -> str:
     if errors:
         lines += ["", *(f"{r['model']}: {r['error']}" for r in errors)]
     lines.append("")
-    for t in report["targets"]:
+    for t in report["targets"] if rows else []:
         verdict = {True: "PASS", False: "FAIL", None: "N/A "}[t["passed"]]
         lines.append(f"{verdict} {t['name']}: {_fmt(t['ratio'], '.2f')}x (target <= "
                      f"{t['limit']}x)")
+    paper = [r for r in report["results"] if "epoch_s" in r]
+    if paper:
+        lines += ["", "published configurations (per training iteration; epoch = default rotation "
+                  "dataset, 4480 windows):",
+                  "model                     prec  hidden  batch  train ms  rollout ms  epoch s  "
+                  "published H200 train/rollout ms"]
+        for r in paper:
+            pub = f"{r['published_h200_train_ms']:g}" + (
+                f" / {r['published_h200_rollout_ms']:g}" if r["published_h200_rollout_ms"] else "")
+            lines.append(f"{r['model'].removesuffix('+bf16'):<25} {r['precision']:<5} "
+                         f"{r['hidden_dim']:>6}  {r['batch']:>5}  {r['train_ms']:>8.1f}  "
+                         f"{r['rollout_ms']:>10.1f}  {r['epoch_s']:>7.1f}  {pub}")
     sim = report.get("simulation")
     if sim:
         lines += ["", f"simulator, {sim['grid']}x{sim['grid']}:",

@@ -110,7 +110,7 @@ def execute_run(run_dir: str | os.PathLike, *, progress: Callable[[dict], None] 
     trainer = None
     try:
         if ds is None:
-            ds = load_dataset(run.spec["dataset"]["path"])
+            ds = load_dataset(run.dataset_path())
         training = dict(run.spec["training"])
         if device is not None:
             training["device"] = device

@@ -57,6 +57,9 @@ _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}\Z")
 _SPEC_FIELDS = tuple(inspect.signature(build_model).parameters)
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 class RunError(ValueError):
     """A bad run id, a damaged run or refused weights: the message names the run or file."""
 
@@ -215,6 +218,18 @@ class Run:
         if not isinstance(spec["model"].get("name"), str):
             raise RunError(f"{path}: model spec has no 'name'")
         return spec
+
+    def dataset_path(self) -> Path:
+        """The run's dataset file. Recorded paths are absolute, except in shipped runs, which
+        record ``data/NAME.nc`` relative to the project root; relative paths are tried against
+        the working folder, then the project root."""
+        recorded = Path(self.spec["dataset"]["path"])
+        if recorded.is_absolute():
+            return recorded
+        for base in (Path.cwd(), PROJECT_ROOT):
+            if (base / recorded).exists():
+                return base / recorded
+        return PROJECT_ROOT / recorded
 
     def status(self) -> dict:
         """status.json as a dict."""

@@ -69,3 +69,14 @@ def test_simulation_suite_reports_throughput_and_target():
     assert sim["rows"][0]["speedup_vs_batch1"] == 1.0
     assert sim["rotation_scenario_s"] == pytest.approx(36 * 310 / sim["rows"][1]["sim_steps_per_s"])
     assert sim["target"]["limit_s"] == 60.0 and isinstance(sim["target"]["passed"], bool)
+
+
+def test_paper_suite_reports_epoch_time_and_published_numbers():
+    report = run_benchmark(suite="paper", grid=(8, 8), repeats=1, warmup=0, sample_seconds=0.0,
+                           progress=None)
+    rows = {r["model"]: r for r in report["results"]}
+    assert set(rows) == {"paper-conv", "paper-rgroup-translation", "paper-rsteer", "paper-rgroup"}
+    rgroup = rows["paper-rgroup"]
+    assert rgroup["hidden_dim"] == 32 and rgroup["batch"] == 8 and rgroup["precision"] == "fp32"
+    assert rgroup["epoch_s"] == pytest.approx(rgroup["train_ms"] * 560 / 1e3)
+    assert rgroup["published_h200_train_ms"] == 90.0 and report["targets"] == []
