@@ -6,7 +6,10 @@ PYTEST_ARGS ?=
 
 DATASETS := data/rotation.nc data/translation.nc data/levels.nc
 
-.PHONY: test install bench data pretrained clean
+ADDRESS ?= 127.0.0.1
+PORT ?= 5006
+
+.PHONY: test install bench data pretrained dashboard clean
 
 install: $(STAMP)
 
@@ -27,6 +30,11 @@ data: $(DATASETS)
 
 data/%.nc: | $(STAMP)
 	$(PY) -m core generate $* --out $@
+
+# quick start, command one: serve the dashboard on the default datasets and the shipped runs
+dashboard: $(DATASETS)
+	$(PY) -m panel serve dashboard/app.py --address $(ADDRESS) --port $(PORT) \
+		--allow-websocket-origin $(ADDRESS):$(PORT) --num-threads 4
 
 # the runs shipped in data/pretrained/ (about 10 minutes on a 2-core CPU)
 pretrained: $(DATASETS)

@@ -194,6 +194,15 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
     return ds
 
 
+def dataset_grid(path: str | os.PathLike) -> list[int]:
+    """``[H, W]`` of a dataset file, read from its header (no velocity data is loaded)."""
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            return [int(ds.sizes["y"]), int(ds.sizes["x"])]
+    except (OSError, KeyError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read the grid ({err})") from None
+
+
 def validate(ds: xr.Dataset, where: str = "dataset") -> None:
     """Check the format described in the module docstring."""
     if "velocity" not in ds:

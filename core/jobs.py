@@ -220,7 +220,12 @@ class JobManager:
 
     # -- API
     def submit(self, model_spec: dict, training: dict, dataset_path: str | os.PathLike) -> str:
-        """Create a queued run and schedule it; returns the run id."""
+        """Create a queued run and schedule it; returns the run id. A spec without ``grid`` gets
+        the dataset's."""
+        from .datasets import dataset_grid
+
+        if model_spec.get("grid") is None:
+            model_spec = dict(model_spec, grid=dataset_grid(dataset_path))
         run = self.store.create(model_spec, training, str(dataset_path))
         if self._client is not None:
             from distributed import fire_and_forget

@@ -1,0 +1,64 @@
+"""The dashboard app: ``panel serve dashboard/app.py`` (or ``make dashboard``).
+
+This module only assembles the views; the template is built when the app is served, so importing
+it has no side effects. ``dashboard.ExplorerApp()`` shows the same app inline in a notebook.
+"""
+from __future__ import annotations
+
+import holoviews as hv
+import panel as pn
+
+from dashboard.state import ExperimentState, Services
+from dashboard.views import (BreakingView, EquivarianceView, ExperimentPanel, JobsView,
+                             RolloutView, RunsCatalog, SweepView)
+
+TITLE = "Relaxed-Equivariance Explorer"
+REFRESH_MS = 1000
+
+
+class ExplorerApp(pn.viewable.Viewer):
+    """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
+
+    def __init__(self, services: Services | None = None, **params):
+        super().__init__(**params)
+        pn.extension("tabulator", notifications=True)
+        hv.extension("bokeh", logo=False)
+        self.state = ExperimentState(services)
+        self.experiment = ExperimentPanel(self.state)
+        self.jobs = JobsView(self.state)
+        self.catalog = RunsCatalog(self.state)
+        self.breaking = BreakingView(self.state)
+        self.rollout = RolloutView(self.state)
+        self.equivariance = EquivarianceView(self.state)
+        self.sweep = SweepView(self.state)
+        self.tabs = pn.Tabs(("Runs", self.catalog), ("Jobs", self.jobs),
+                            ("Symmetry breaking", self.breaking), ("Rollout", self.rollout),
+                            ("Equivariance", self.equivariance), ("Sweep", self.sweep),
+                            dynamic=True, sizing_mode="stretch_width")
+        self.refresh()
+        self._callback = None
+
+    def refresh(self) -> None:
+        """One batched update of everything that watches the run store."""
+        with pn.io.hold():
+            self.catalog.poll()
+            self.jobs.poll()
+            self.experiment.poll()
+
+    def start(self) -> None:
+        if self._callback is None:
+            self._callback = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+
+    def template(self) -> pn.template.BootstrapTemplate:
+        # Bootstrap: all resources are served locally (the Fast design fetches web fonts)
+        self.start()
+        return pn.template.BootstrapTemplate(title=TITLE, sidebar=[self.experiment],
+                                            main=[self.tabs], sidebar_width=340)
+
+    def __panel__(self):
+        self.start()
+        return pn.Row(pn.Column(self.experiment, width=340), self.tabs, sizing_mode="stretch_width")
+
+
+if pn.state.served:
+    ExplorerApp().template().servable(title=TITLE)

@@ -1,0 +1,209 @@
+"""Dashboard state: experiment settings, the run catalog and the job watcher (param objects).
+
+One :class:`Services` per server process (the run stores and the job manager); per-session
+objects (:class:`ExperimentState`) are light and hold only settings and selections. Nothing here
+trains or simulates: training is submitted to the job manager, dataset generation runs in a
+``python -m core generate`` child process, and the state only reads the run store.
+
+Folders (overridable by environment variables, resolved once per process):
+``REE_DATA`` (default ``data/``: datasets and ``pretrained/``), ``REE_RUNS`` (default ``runs/``:
+runs trained from the dashboard). File choices are limited to these roots.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import param
+
+from core.errors import SpecError
+from core.datasets import dataset_grid
+from core.models import MODEL_NAMES, _ALLOWED, _group_kind, build_model
+from core.runs import PROJECT_ROOT, RunError, RunStore
+from core.scenarios import DEFAULT_SIMS
+from core.training import TrainConfig
+
+GROUP_CHOICES = ["translation", "C2", "C4", "C8", "D2", "D4", "SO2"]
+ALPHA_CHOICES = ["0", "1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1", "1", "10", "strict"]
+STRICT_OF = {"rgroup": "gconv", "rsteer": "steer", "rpp": "gconv", "lift": "gconv",
+             "combo": "gconv", "constrained": "conv"}
+RELAXED_MODELS = ("rgroup", "rsteer", "rpp", "lift", "combo", "constrained")
+
+
+def valid_models(group: str | None) -> list[str]:
+    """The model names that accept ``group`` (the experiment panel offers only these)."""
+    from core.groups import get_group
+
+    kind = _group_kind(None if group is None else get_group(group))
+    return [m for m in MODEL_NAMES if kind in _ALLOWED[m]]
+
+
+def alpha_value(choice: str) -> float | None:
+    """Alpha for a slider position; None for "strict" (train the strict model instead)."""
+    return None if choice == "strict" else float(choice)
+
+
+class Services:
+    """Per-process singletons: the data folder, the two run stores and the job manager."""
+
+    _instance: "Services | None" = None
+    _lock = threading.Lock()
+
+    def __init__(self, data_root: Path | None = None, runs_root: Path | None = None,
+                 max_cpu_jobs: int = 1):
+        from core.jobs import JobManager
+
+        self.data_root = Path(data_root or os.environ.get("REE_DATA", PROJECT_ROOT / "data")).resolve()
+        self.runs_root = Path(runs_root or os.environ.get("REE_RUNS", PROJECT_ROOT / "runs")).resolve()
+        self.pretrained = RunStore(self.data_root / "pretrained")
+        self.store = RunStore(self.runs_root)
+        self.jobs = JobManager(self.store, max_cpu_jobs=max_cpu_jobs)
+        self.generations: dict[str, dict] = {}  # dataset name -> {"progress", "state", "error"}
+
+    @classmethod
+    def get(cls) -> "Services":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    # -- datasets
+    def datasets(self) -> list[str]:
+        return sorted(p.name for p in self.data_root.glob("*.nc") if not p.name.startswith("."))
+
+    def dataset_path(self, name: str) -> Path:
+        """A dataset inside the data root, by file name only (no path traversal)."""
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+\.nc", name or "") or name.startswith("."):
+            raise ValueError(f"invalid dataset name {name!r}: a file name like rotation.nc")
+        path = (self.data_root / name).resolve()
+        if path.parent != self.data_root:
+            raise ValueError(f"dataset {name!r} is outside the data folder")
+        return path
+
+    def generate(self, scenario: str, name: str, *, breaking: float, grid: int = 64,
+                 steps: int = 310) -> None:
+        """Simulate a dataset in a child process; progress lands in ``generations[name]``."""
+        path = self.dataset_path(name)
+        if scenario not in DEFAULT_SIMS:
+            raise ValueError(f"unknown scenario {scenario!r}")
+        if self.generations.get(name, {}).get("state") == "running":
+            raise ValueError(f"{name} is already being generated")
+        record = self.generations[name] = dict(progress=0.0, state="running", error=None)
+        cmd = [sys.executable, "-m", "core", "generate", scenario, "--out", str(path),
+               "--grid", str(grid), "--steps", str(steps), "--breaking", str(breaking)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                cwd=str(PROJECT_ROOT), start_new_session=True)
+
+        def follow():
+            tail = b""
+            for chunk in iter(lambda: proc.stderr.read(256), b""):
+                tail = (tail + chunk)[-2000:]
+                found = re.findall(rb"(\d+)/(\d+)", chunk)
+                if found:
+                    done, total = (int(v) for v in found[-1])
+                    record["progress"] = done / max(total, 1)
+            code = proc.wait()
+            record["state"] = "done" if code == 0 else "failed"
+            if code:
+                lines = [l for l in tail.decode(errors="replace").splitlines() if "error" in l]
+                record["error"] = lines[-1] if lines else f"generation exited with code {code}"
+
+        threading.Thread(target=follow, daemon=True, name=f"generate-{name}").start()
+
+    # -- runs
+    def catalog(self) -> list[dict]:
+        """Rows of every run: shipped ones first, then the user's (``store`` column says which)."""
+        rows = []
+        for store, label in ((self.pretrained, "pretrained"), (self.store, "runs")):
+            for row in store.list():
+                rows.append(dict(row, store=label))
+        return rows
+
+    def run(self, run_id: str):
+        for store in (self.store, self.pretrained):
+            if run_id in store:
+                return store.get(run_id)
+        raise RunError(f"no run {run_id!r}")
+
+
+class ExperimentState(param.Parameterized):
+    """One session's experiment settings and selections."""
+
+    dataset = param.Selector(default=None, objects=[], doc="dataset in the data folder")
+    group = param.Selector(default="C4", objects=GROUP_CHOICES)
+    model = param.Selector(default="rgroup", objects=valid_models("C4"))
+    num_banks = param.Integer(default=2, bounds=(1, 8))
+    alpha = param.Selector(default="1e-3", objects=ALPHA_CHOICES,
+                           doc="penalty weight; 'strict' trains the strict model")
+    hidden_dim = param.Integer(default=24, bounds=(4, 256))
+    num_layers = param.Integer(default=4, bounds=(2, 12))
+    epochs = param.Integer(default=5, bounds=(1, 500))
+    batch_size = param.Integer(default=8, bounds=(1, 256))
+    batches_per_epoch = param.Integer(default=20, bounds=(1, 100000))
+    lr = param.Number(default=2e-3, bounds=(1e-6, 1.0))
+    device = param.Selector(default="auto", objects=["auto", "cpu"])
+    scenario = param.Selector(default="rotation", objects=sorted(DEFAULT_SIMS))
+    breaking = param.Number(default=1.0, bounds=(0.0, 10.0))
+    selected_runs = param.List(default=[], doc="run ids selected in the catalog")
+    message = param.String(default="")
+
+    def __init__(self, services: Services | None = None, **params):
+        self.services = services or Services.get()
+        super().__init__(**params)
+        import torch
+
+        devices = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        self.param.device.objects = devices
+        self.refresh_datasets()
+
+    def refresh_datasets(self) -> None:
+        names = self.services.datasets()
+        self.param.dataset.objects = names
+        if self.dataset not in names:
+            self.dataset = "rotation.nc" if "rotation.nc" in names else (names[0] if names else None)
+
+    @param.depends("group", watch=True)
+    def _offer_valid_models(self):
+        models = valid_models(self.group)
+        self.param.model.objects = models
+        if self.model not in models:
+            self.model = models[0]
+
+    def model_spec(self) -> dict:
+        """The spec the Train button submits; SpecError / ValueError for impossible settings."""
+        name, alpha = self.model, alpha_value(self.alpha)
+        if alpha is None:
+            name, alpha = STRICT_OF.get(name, name), 0.0
+        if self.dataset is None:
+            raise ValueError("choose or generate a dataset first")
+        spec = dict(name=name, group=self.group, in_frames=10, hidden_dim=self.hidden_dim,
+                    num_layers=self.num_layers, num_banks=self.num_banks if name == "rgroup" else 1,
+                    alpha=alpha, grid=dataset_grid(self.services.dataset_path(self.dataset)))
+        build_model(**spec)  # raises SpecError naming what is wrong
+        return spec
+
+    def training_config(self) -> dict:
+        config = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                      batches_per_epoch=self.batches_per_epoch, device=self.device)
+        TrainConfig.from_dict(config)
+        return config
+
+    def submit(self) -> str:
+        """Submit a training job with the current settings; returns the run id."""
+        spec, config = self.model_spec(), self.training_config()
+        path = self.services.dataset_path(self.dataset)
+        run_id = self.services.jobs.submit(spec, config, path)
+        self.message = f"submitted {run_id}"
+        return run_id
+
+    def cancel(self, run_id: str) -> None:
+        self.services.jobs.cancel(run_id)
+        self.message = f"cancel requested for {run_id}"
+
+
+__all__ = ["Services", "ExperimentState", "valid_models", "alpha_value", "GROUP_CHOICES",
+           "ALPHA_CHOICES", "SpecError"]

@@ -1,0 +1,472 @@
+"""Dashboard views: thin ``pn.viewable.Viewer`` components over :mod:`dashboard.state`.
+
+Each view works on its own in a notebook after ``pn.extension()`` (e.g. ``BreakingView(state)``)
+and inside :class:`dashboard.app.ExplorerApp`. Views read the run store through cached helpers
+(models and analyses are computed once per run and weights file), never train, and update in
+batches under ``pn.io.hold``.
+"""
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+import holoviews as hv
+import numpy as np
+import panel as pn
+import param
+import torch
+import xarray as xr
+
+from core.analysis import breaking_analysis
+from core.datasets import data_equivariance_error, load_dataset
+from core.errors import SpecError
+
+from . import plots
+from .state import ExperimentState
+
+EXPLANATION = """
+**What you are looking at.** A relaxed layer mixes its filter banks with weights that may differ
+between group elements (rotations/reflections), pixels (translation) or kernel offsets
+(steerable). Equal weights mean the layer is exactly symmetric. The heatmaps show each layer's
+weights *minus their mean*: white everywhere = no symmetry breaking; colour shows where the
+trained model chose to break the symmetry. The bars split each layer's weights into the group's
+irreducible representations: energy outside *trivial* is symmetry breaking, and which irrep
+carries it names the broken symmetry (e.g. *sign* on C4 = a period-2 pattern, what a square
+squeezed into a rectangle would show). The breaking score is the non-trivial share of the energy.
+For translation models the maps show the learned per-pixel weights; the dashed line marks the
+dataset's known buoyancy boundary.
+"""
+
+_lock = threading.Lock()
+
+
+def _notify(kind: str, text: str) -> None:
+    notifications = getattr(pn.state, "notifications", None)
+    if notifications is not None:
+        getattr(notifications, kind)(text, duration=6000)
+
+
+@lru_cache(maxsize=32)
+def _model_and_analysis(path: str, mtime: float):
+    from core.runs import Run
+
+    run = Run.open(path)
+    model = run.load_model()
+    return model, breaking_analysis(model)
+
+
+def model_and_analysis(run):
+    """The run's best model and its breaking analysis, cached per weights file."""
+    weights = run.path / "weights.safetensors"
+    with _lock:
+        return _model_and_analysis(str(run.path), weights.stat().st_mtime)
+
+
+@lru_cache(maxsize=16)
+def _dataset(path: str, mtime: float) -> xr.Dataset:
+    return load_dataset(path)
+
+
+def dataset_of(run) -> xr.Dataset:
+    path = run.dataset_path()
+    with _lock:
+        return _dataset(str(path), path.stat().st_mtime)
+
+
+@lru_cache(maxsize=16)
+def _data_error(path: str, mtime: float) -> float | None:
+    try:
+        return float(data_equivariance_error(_dataset(path, mtime)).mean())
+    except ValueError:
+        return None
+
+
+def _message(text: str) -> pn.pane.Markdown:
+    return pn.pane.Markdown(f"*{text}*", sizing_mode="stretch_width")
+
+
+class ExperimentPanel(pn.viewable.Viewer):
+    """Settings, Train, and dataset generation."""
+
+    def __init__(self, state: ExperimentState, **params):
+        super().__init__(**params)
+        self.state = state
+        s = state.param
+        self.dataset = pn.widgets.Select.from_param(s.dataset, name="Dataset")
+        self.group = pn.widgets.Select.from_param(s.group, name="Symmetry group")
+        self.model = pn.widgets.Select.from_param(s.model, name="Model")
+        self.banks = pn.widgets.IntSlider.from_param(s.num_banks, name="Filter banks L")
+        self.alpha = pn.widgets.DiscreteSlider.from_param(s.alpha, name="Relaxation alpha "
+                                                          "(0 = free, strict = strict model)")
+        budget = [pn.widgets.IntInput.from_param(p, name=n) for p, n in (
+            (s.epochs, "Epochs"), (s.batch_size, "Batch size"),
+            (s.batches_per_epoch, "Batches per epoch"), (s.hidden_dim, "Hidden width"),
+            (s.num_layers, "Layers"))]
+        self.lr = pn.widgets.FloatInput.from_param(s.lr, name="Learning rate", step=1e-4)
+        self.device = pn.widgets.Select.from_param(s.device, name="Device")
+        self.train_button = pn.widgets.Button(name="Train", button_type="primary")
+        self.train_button.on_click(self._train)
+        self.scenario = pn.widgets.Select.from_param(s.scenario, name="Scenario")
+        self.breaking = pn.widgets.FloatSlider.from_param(s.breaking, name="Breaking", step=0.1)
+        self.new_name = pn.widgets.TextInput(name="File name", value="my_rotation.nc")
+        self.generate_button = pn.widgets.Button(name="Generate", button_type="default")
+        self.generate_button.on_click(self._generate)
+        self.generation = pn.indicators.Progress(value=0, max=100, visible=False,
+                                                 sizing_mode="stretch_width")
+        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        state.param.watch(self._sync_banks, "model")
+        self._sync_banks()
+        self._layout = pn.Column(
+            "### Experiment", self.dataset, self.group, self.model, self.banks, self.alpha,
+            pn.Card(*budget, self.lr, self.device, title="Training budget", collapsed=True),
+            self.train_button, self.status,
+            pn.Card(self.scenario, self.breaking, self.new_name, self.generate_button,
+                    self.generation, title="Generate a dataset", collapsed=True),
+            sizing_mode="stretch_width")
+
+    def _sync_banks(self, *_):
+        self.banks.disabled = self.state.model != "rgroup"
+
+    def _train(self, _event=None):
+        try:
+            run_id = self.state.submit()
+        except (SpecError, ValueError) as err:
+            self.status.object = f"**Not submitted:** {err}"
+            _notify("error", f"Not submitted: {err}")
+            return
+        self.status.object = f"Submitted `{run_id}`: see the Jobs tab."
+        _notify("info", f"Training job {run_id} queued")
+
+    def _generate(self, _event=None):
+        name = self.new_name.value.strip()
+        try:
+            self.state.services.generate(self.state.scenario, name, breaking=self.state.breaking)
+        except ValueError as err:
+            _notify("error", str(err))
+            self.status.object = f"**Not generated:** {err}"
+            return
+        self.generation.visible = True
+        self.status.object = f"Generating `{name}` in the background."
+
+    def poll(self) -> None:
+        """Called by the app's periodic callback: generation progress."""
+        record = self.state.services.generations.get(self.new_name.value.strip())
+        if not record:
+            return
+        self.generation.value = int(100 * record["progress"])
+        if record["state"] != "running" and self.generation.visible:
+            self.generation.visible = False
+            self.state.refresh_datasets()
+            if record["state"] == "done":
+                _notify("success", f"Dataset {self.new_name.value} ready")
+                self.status.object = f"Generated `{self.new_name.value}`."
+            else:
+                _notify("error", f"Generation failed: {record['error']}")
+                self.status.object = f"**Generation failed:** {record['error']}"
+
+    def __panel__(self):
+        return self._layout
+
+
+class JobsView(pn.viewable.Viewer):
+    """Active and recent jobs: progress, ETA, device, live curves, Cancel."""
+
+    def __init__(self, state: ExperimentState, **params):
+        super().__init__(**params)
+        self.state = state
+        self._states: dict[str, str] = {}
+        self.rows = pn.Column(sizing_mode="stretch_width")
+        self.curve_pipe = hv.streams.Pipe(data=[])
+        self.curves = pn.pane.HoloViews(
+            hv.DynamicMap(lambda data: plots.training_curves(data), streams=[self.curve_pipe]),
+            sizing_mode="stretch_width", min_height=300)
+        self._watched: str | None = None
+        self._layout = pn.Column("### Jobs", self.rows, "#### Live training curves", self.curves,
+                                 sizing_mode="stretch_width")
+
+    def _row(self, row: dict) -> pn.Row:
+        status = self.state.services.store.get(row["id"]).status()
+        progress = pn.indicators.Progress(value=int(100 * (status.get("progress") or 0)), max=100,
+                                          width=200)
+        eta = status.get("eta_seconds")
+        text = (f"**{row['id']}** · {row['state']} · device {status.get('device', '?')}"
+                + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
+                + (f" · {status.get('error')}" if status.get("error") else ""))
+        cancel = pn.widgets.Button(name="Cancel", button_type="warning", width=90,
+                                   disabled=row["state"] not in ("queued", "running"))
+        cancel.on_click(lambda _e, rid=row["id"]: self.state.cancel(rid))
+        return pn.Row(pn.pane.Markdown(text, sizing_mode="stretch_width"), progress, cancel,
+                      sizing_mode="stretch_width")
+
+    def poll(self) -> None:
+        rows = self.state.services.store.list()
+        recent = [r for r in rows if r["state"] in ("queued", "running")] + \
+            [r for r in rows if r["state"] not in ("queued", "running")][-5:]
+        for r in rows:  # notifications on transitions
+            before = self._states.get(r["id"])
+            if before in ("queued", "running") and r["state"] in ("done", "failed", "cancelled"):
+                kind = {"done": "success", "failed": "error", "cancelled": "warning"}[r["state"]]
+                _notify(kind, f"{r['id']}: {r['state']}" + (f" ({r['error']})" if r.get("error")
+                                                            else ""))
+            self._states[r["id"]] = r["state"]
+        self.rows.objects = [self._row(r) for r in recent] or [_message("no jobs yet")]
+        watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
+                       rows[-1]["id"] if rows else None)
+        if watched is not None:
+            metrics = self.state.services.store.get(watched).read_metrics()
+            self.curve_pipe.send(metrics if metrics is not None else [])
+        self._watched = watched
+
+    def __panel__(self):
+        return self._layout
+
+
+class RunsCatalog(pn.viewable.Viewer):
+    """A table of runs; select runs to compare; delete with confirmation; downloads."""
+
+    def __init__(self, state: ExperimentState, **params):
+        super().__init__(**params)
+        self.state = state
+        self.table = pn.widgets.Tabulator(plots.runs_table_frame([]), selectable="checkbox",
+                                          disabled=True, sizing_mode="stretch_width",
+                                          height=320, show_index=False)
+        self.table.param.watch(self._selected, "selection")
+        self.delete = pn.widgets.Button(name="Delete selected", button_type="danger")
+        self.confirm = pn.widgets.Button(name="Confirm delete", button_type="danger", visible=False)
+        self.delete.on_click(lambda _e: setattr(self.confirm, "visible", True))
+        self.confirm.on_click(self._delete)
+        self.downloads = pn.Row()
+        self._ids: list[str] = []
+        self._layout = pn.Column("### Runs", self.table,
+                                 pn.Row(self.delete, self.confirm, self.downloads),
+                                 sizing_mode="stretch_width")
+
+    def poll(self) -> None:
+        rows = self.state.services.catalog()
+        ids = [r["id"] for r in rows]
+        frame = plots.runs_table_frame(rows)
+        if ids != self._ids or not frame.equals(self.table.value):
+            selected = [ids.index(i) for i in self.state.selected_runs if i in ids]
+            self._ids = ids
+            self.table.value = frame
+            self.table.selection = selected
+        if not self.state.selected_runs and ids:
+            done = [i for i, r in enumerate(rows) if r["state"] == "done"]
+            if done:
+                self.table.selection = done[:1]
+
+    def _selected(self, event):
+        self.state.selected_runs = [self._ids[i] for i in event.new if i < len(self._ids)]
+        self.confirm.visible = False
+        self.downloads.objects = []
+        if self.state.selected_runs:
+            run = self.state.services.run(self.state.selected_runs[0])
+            files = [f for f in ("weights.safetensors", "metrics.nc", "spec.json")
+                     if (run.path / f).exists()]
+            self.downloads.objects = [pn.widgets.FileDownload(file=str(run.path / f),
+                                                              filename=f"{run.id}-{f}",
+                                                              button_type="light", label=f)
+                                      for f in files]
+
+    def _delete(self, _event=None):
+        self.confirm.visible = False
+        for run_id in list(self.state.selected_runs):
+            if run_id in self.state.services.store:
+                self.state.services.store.delete(run_id)
+                _notify("info", f"deleted {run_id}")
+            else:
+                _notify("warning", f"{run_id} is a shipped run and cannot be deleted here")
+        self.state.selected_runs = []
+        self.poll()
+
+    def __panel__(self):
+        return self._layout
+
+
+class RunView(pn.viewable.Viewer):
+    """Base for views of the first selected run (or a run given directly, for notebooks)."""
+
+    run_id = param.String(default=None, allow_None=True)
+
+    def __init__(self, state: ExperimentState | None = None, **params):
+        super().__init__(**params)
+        self.state = state or ExperimentState()
+        self.body = pn.Column(sizing_mode="stretch_width")
+        self.state.param.watch(lambda _e: self.render(), "selected_runs")
+        self.param.watch(lambda _e: self.render(), "run_id")
+        self.render()
+
+    def current(self):
+        run_id = self.run_id or (self.state.selected_runs[0] if self.state.selected_runs else None)
+        if run_id is None:
+            return None
+        try:
+            run = self.state.services.run(run_id)
+        except ValueError:
+            return None
+        return run if run.status().get("state") == "done" else None
+
+    def render(self) -> None:
+        run = self.current()
+        try:
+            objects = self.content(run) if run is not None else [
+                _message("select a finished run in the Runs table")]
+        except Exception as err:  # show, never break the page
+            objects = [_message(f"cannot show this run: {type(err).__name__}: {err}")]
+        with pn.io.hold():
+            self.body.objects = objects
+
+    def content(self, run) -> list:
+        raise NotImplementedError
+
+    def __panel__(self):
+        return self.body
+
+
+class BreakingView(RunView):
+    """Relaxed weights as heatmaps, irrep energies and breaking scores, with an explanation."""
+
+    def content(self, run):
+        _, analysis = model_and_analysis(run)
+        boundary = None
+        if analysis.attrs.get("kind") == "translation":
+            boundary = dataset_of(run).attrs.get("boundary_x")
+        score = analysis.attrs.get("breaking_score", float("nan"))
+        head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
+                f"overall breaking score **{score:.3g}**")
+        return [pn.pane.Markdown(head, sizing_mode="stretch_width"),
+                pn.pane.HoloViews(plots.weights_heatmaps(analysis, boundary_x=boundary),
+                                  sizing_mode="stretch_width"),
+                pn.pane.HoloViews(plots.breaking_bars(analysis), sizing_mode="stretch_width"),
+                pn.pane.Markdown(EXPLANATION, sizing_mode="stretch_width")]
+
+
+class RolloutView(RunView):
+    """Per-step RMSE of the selected runs, and a flow player for the first one."""
+
+    quantity = param.Selector(default="vorticity", objects=["vorticity", "speed"])
+
+    def __init__(self, state=None, **params):
+        self.player = pn.widgets.Player(name="rollout step", start=1, end=20, value=1,
+                                        loop_policy="loop", interval=400, width=400)
+        self.quantity_widget = None
+        super().__init__(state, **params)
+
+    def _rollout(self, run):
+        model, _ = model_and_analysis(run)
+        ds = dataset_of(run)
+        k = model.spec["in_frames"]
+        split = "domain" if len(np.atleast_1d(ds.attrs["split_domain_sims"])) else "future"
+        sims = np.atleast_1d(ds.attrs[f"split_{'domain' if split == 'domain' else 'train'}_sims"])
+        start = int(np.atleast_1d(ds.attrs[f"window_{split}"])[0])
+        vel = torch.from_numpy(np.ascontiguousarray(ds["velocity"].values[int(sims[0])]))
+        steps = min(20, vel.shape[0] - start - k)
+        window = vel[start:start + k].reshape(1, 2 * k, *vel.shape[-2:])
+        frames = []
+        model.eval()
+        with torch.no_grad():
+            for _ in range(steps):
+                pred = model(window)
+                frames.append(pred[0])
+                window = torch.cat([window[:, 2:], pred], 1)
+        truth = vel[start + k:start + k + steps].numpy()
+        return truth, torch.stack(frames).numpy()
+
+    def content(self, run):
+        runs = {}
+        for run_id in (self.state.selected_runs or [run.id]):
+            try:
+                metrics = self.state.services.run(run_id).read_metrics()
+            except ValueError:
+                continue
+            if metrics is not None:
+                runs[run_id] = metrics
+        truth, pred = self._rollout(run)
+        frames = plots.flow_frames(truth, pred, quantity=self.quantity)
+        self.player.end = len(truth)
+        self.player.value = min(self.player.value, len(truth))
+        stream = hv.streams.Params(self.player, ["value"], rename={"value": "step"})
+        flow = hv.DynamicMap(lambda step: frames[int(step)], streams=[stream])
+        quantity = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
+        return [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
+                pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width"),
+                pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
+                pn.Row(self.player, quantity),
+                pn.pane.HoloViews(flow, sizing_mode="stretch_width")]
+
+    @param.depends("quantity", watch=True)
+    def _requantity(self):
+        self.render()
+
+
+class EquivarianceView(RunView):
+    """Model equivariance error per group element, and model against data equivariance."""
+
+    def content(self, run):
+        metrics = run.read_metrics()
+        parts = [pn.pane.Markdown(f"### Equivariance: {run.id}")]
+        if metrics is not None and "equivariance_error_element" in metrics:
+            err = xr.Dataset({"relative": metrics["equivariance_error_element"]})
+            parts.append(pn.pane.HoloViews(plots.equivariance_bars(err),
+                                           sizing_mode="stretch_width"))
+        points = []
+        for row in self.state.services.catalog():
+            if row["state"] != "done" or row.get("equivariance_error") is None:
+                continue
+            other = self.state.services.run(row["id"])
+            path = other.dataset_path()
+            if not path.exists():
+                continue
+            with _lock:
+                data_error = _data_error(str(path), path.stat().st_mtime)
+            if data_error is not None:
+                points.append(dict(data_error=data_error, model_error=row["equivariance_error"],
+                                   model=row["model"]))
+        parts += [pn.pane.Markdown("### Model vs data equivariance error (the paper's Figure 4)"),
+                  pn.pane.HoloViews(plots.equivariance_vs_data(points),
+                                    sizing_mode="stretch_width")]
+        return parts
+
+
+class SweepView(RunView):
+    """Error against alpha across runs of one dataset and model, with strict/free references."""
+
+    def current(self):  # needs no finished run of its own: it looks at all runs
+        return self.state
+
+    def content(self, _state):
+        rows = [r for r in self.state.services.catalog() if r["state"] == "done"]
+        dataset = self.state.dataset
+        same = [r for r in rows if r.get("dataset") == dataset and r["model"] == self.state.model
+                and r.get("group") == self.state.group]
+        refs = {}
+        for label, name in (("strict", {"rgroup": "gconv", "rsteer": "steer"}.get(self.state.model)),
+                            ("free (conv)", "conv")):
+            match = [r["future_rmse"] for r in rows if r["model"] == name
+                     and r.get("dataset") == dataset and r.get("future_rmse") is not None]
+            if match:
+                refs[f"{label} ({name})" if label == "strict" else label] = float(np.mean(match))
+        button = pn.widgets.Button(name="Launch alpha sweep (0, 1e-4, 1e-2, 1)",
+                                   button_type="primary")
+        button.on_click(self._launch)
+        return [pn.pane.Markdown(f"### Relaxation sweep: {self.state.model} {self.state.group} on "
+                                 f"{dataset}"),
+                pn.pane.HoloViews(plots.sweep_plot(same, references=refs),
+                                  sizing_mode="stretch_width"),
+                button]
+
+    def _launch(self, _event=None):
+        original = self.state.alpha
+        try:
+            for alpha in ("0", "1e-4", "1e-2", "1"):
+                self.state.alpha = alpha
+                self.state.submit()
+            _notify("info", "sweep submitted: 4 jobs")
+        except (SpecError, ValueError) as err:
+            _notify("error", f"sweep not submitted: {err}")
+        finally:
+            self.state.alpha = original
+
+
+__all__ = ["ExperimentPanel", "JobsView", "RunsCatalog", "BreakingView", "RolloutView",
+           "EquivarianceView", "SweepView"]
