@@ -86,8 +86,11 @@ def generate(scenario: str, *, grid: int | tuple[int, int] = 64, steps: int = 31
 
         velocity = simulate(setup.inflows, config, buoyancy_map=torch.from_numpy(setup.buoyancy_map),
                             device=dev, progress=step_done, cancel=cancel)
-    return _to_dataset(velocity.numpy(), setup, scenario=scenario, breaking=breaking, seed=seed,
-                       steps=steps, grid=grid)
+    ds = _to_dataset(velocity.numpy(), setup, scenario=scenario, breaking=breaking, seed=seed,
+                     steps=steps, grid=grid)
+    if setup.orbit_group:  # recorded so plots need not reload the data
+        ds.attrs["data_equivariance_error"] = float(data_equivariance_error(ds).mean())
+    return ds
 
 
 def _simulate_scaled(setup, grid, steps, device, progress, cancel) -> torch.Tensor:
@@ -192,6 +195,22 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
         raise DatasetError(f"{path}: cannot be read as netCDF ({type(err).__name__}: {err})") from None
     validate(ds, str(path))
     return ds
+
+
+def dataset_attrs(path: str | os.PathLike) -> dict:
+    """A dataset file's attributes, read from its header (no velocity data is loaded)."""
+    try:
+        with xr.open_dataset(path, engine=ENGINE) as ds:
+            return dict(ds.attrs)
+    except (OSError, ValueError) as err:
+        raise DatasetError(f"{path}: cannot read the attributes ({err})") from None
+
+
+def read_frames(path: str | os.PathLike, sim: int, start: int, count: int) -> np.ndarray:
+    """Frames ``start .. start + count - 1`` of one simulation, ``[count, 2, H, W]``, reading only
+    those chunks of the file."""
+    with xr.open_dataset(path, engine=ENGINE) as ds:
+        return ds["velocity"][sim, start:start + count].values
 
 
 def dataset_grid(path: str | os.PathLike) -> list[int]:

@@ -34,9 +34,18 @@ class ExplorerApp(pn.viewable.Viewer):
         self.tabs = pn.Tabs(("Runs", self.catalog), ("Jobs", self.jobs),
                             ("Symmetry breaking", self.breaking), ("Rollout", self.rollout),
                             ("Equivariance", self.equivariance), ("Sweep", self.sweep),
-                            dynamic=True, sizing_mode="stretch_width")
+                            sizing_mode="stretch_width")
+        self._views = [None, self.jobs, self.breaking, self.rollout, self.equivariance, self.sweep]
+        self.tabs.param.watch(self._show_tab, "active")
+        self._show_tab()
         self.refresh()
         self._callback = None
+
+    def _show_tab(self, *_):
+        """Only the shown view renders or streams plots (hidden plots cannot update)."""
+        for i, view in enumerate(self._views):
+            if view is not None:
+                view.active = i == self.tabs.active
 
     def refresh(self) -> None:
         """One batched update of everything that watches the run store."""

@@ -116,7 +116,8 @@ def _kind(analysis) -> str | None:
 
 
 def _model_name(analysis) -> str:
-    return str(analysis.attrs.get("model", "model")) if isinstance(analysis, xr.Dataset) else "model"
+    attrs = analysis.attrs if isinstance(analysis, xr.Dataset) else {}
+    return str(attrs.get("model", "model"))
 
 
 def _image(x, y, z, kdims, vdim) -> hv.Image:
@@ -139,7 +140,8 @@ def _layout(panels: list, cols: int) -> hv.Layout:
 
 
 # ------------------------------------------------------------------------------------ weights
-def weights_heatmaps(analysis: xr.Dataset, boundary_x: float | None = None) -> hv.Layout | hv.Element:
+def weights_heatmaps(analysis: xr.Dataset,
+                     boundary_x: float | None = None) -> hv.Layout | hv.Element:
     """Relaxed weights of every layer, from :func:`core.analysis.breaking_analysis`.
 
     * "group": one HeatMap per layer, x = group elements (group order), y = bank, colour =
@@ -226,7 +228,8 @@ def _translation_maps(analysis: xr.Dataset, boundary_x: float | None) -> hv.Layo
                 data_aspect=1, **_SIZE))
     if not panels:
         return message("n/a: no finite weights", "relaxed weights")
-    return _layout(panels, w.sizes["bank"])
+    # one column lets bokeh stretch square maps into strips: keep at least two
+    return _layout(panels, max(2, w.sizes["bank"]))
 
 
 def _steerable_maps(analysis: xr.Dataset) -> hv.Layout | hv.Element:
@@ -681,7 +684,7 @@ def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
         ids.append(_text(r.get("id")))
         records.append({
             "model": _text(r.get("model")),
-            "group": _text(r.get("group"), "none"),
+            "group": _text(r.get("group"), "none" if r.get("model") else ""),
             "banks": _num(r.get("num_banks")),
             "alpha": _num(r.get("alpha")),
             "dataset": _text(r.get("dataset")),

@@ -18,7 +18,7 @@ import torch
 import xarray as xr
 
 from core.analysis import breaking_analysis
-from core.datasets import data_equivariance_error, load_dataset
+from core.datasets import dataset_attrs, read_frames
 from core.errors import SpecError
 
 from . import plots
@@ -62,23 +62,18 @@ def model_and_analysis(run):
         return _model_and_analysis(str(run.path), weights.stat().st_mtime)
 
 
-@lru_cache(maxsize=16)
-def _dataset(path: str, mtime: float) -> xr.Dataset:
-    return load_dataset(path)
+@lru_cache(maxsize=32)
+def _attrs(path: str, mtime: float) -> dict:
+    return dataset_attrs(path)
 
 
-def dataset_of(run) -> xr.Dataset:
+def dataset_attrs_of(run) -> dict:
+    """The run's dataset attributes (header only), or {} when the file is not here."""
     path = run.dataset_path()
+    if not path.exists():
+        return {}
     with _lock:
-        return _dataset(str(path), path.stat().st_mtime)
-
-
-@lru_cache(maxsize=16)
-def _data_error(path: str, mtime: float) -> float | None:
-    try:
-        return float(data_equivariance_error(_dataset(path, mtime)).mean())
-    except ValueError:
-        return None
+        return _attrs(str(path), path.stat().st_mtime)
 
 
 def _message(text: str) -> pn.pane.Markdown:
@@ -171,32 +166,50 @@ class ExperimentPanel(pn.viewable.Viewer):
 class JobsView(pn.viewable.Viewer):
     """Active and recent jobs: progress, ETA, device, live curves, Cancel."""
 
+    active = param.Boolean(default=True, doc="stream curves only while shown")
+
     def __init__(self, state: ExperimentState, **params):
         super().__init__(**params)
         self.state = state
         self._states: dict[str, str] = {}
         self.rows = pn.Column(sizing_mode="stretch_width")
-        self.curve_pipe = hv.streams.Pipe(data=[])
-        self.curves = pn.pane.HoloViews(
-            hv.DynamicMap(lambda data: plots.training_curves(data), streams=[self.curve_pipe]),
-            sizing_mode="stretch_width", min_height=300)
-        self._watched: str | None = None
+        # replaced once per epoch (a streamed overlay whose legend grows breaks bokeh's views)
+        self.curves = pn.pane.HoloViews(plots.training_curves([]), sizing_mode="stretch_width",
+                                        min_height=300)
+        self._watched: tuple | None = None
+        self._widgets: dict[str, dict] = {}
+        self._order: list[str] | None = None
         self._layout = pn.Column("### Jobs", self.rows, "#### Live training curves", self.curves,
                                  sizing_mode="stretch_width")
+        self.param.watch(self._shown, "active")
 
-    def _row(self, row: dict) -> pn.Row:
+    def _shown(self, event):
+        if event.new:
+            self._watched = None  # resend the curves of the watched run
+            self.poll()
+
+    def _row(self, run_id: str) -> dict:
+        """Widgets of one job row, created once and updated in place."""
+        text = pn.pane.Markdown("", sizing_mode="stretch_width")
+        progress = pn.indicators.Progress(value=0, max=100, width=200)
+        cancel = pn.widgets.Button(name="Cancel", button_type="warning", width=90)
+        cancel.on_click(lambda _e: self.state.cancel(run_id))
+        return dict(text=text, progress=progress, cancel=cancel,
+                    layout=pn.Row(text, progress, cancel, sizing_mode="stretch_width"))
+
+    def _update(self, widgets: dict, row: dict) -> None:
         status = self.state.services.store.get(row["id"]).status()
-        progress = pn.indicators.Progress(value=int(100 * (status.get("progress") or 0)), max=100,
-                                          width=200)
         eta = status.get("eta_seconds")
         text = (f"**{row['id']}** · {row['state']} · device {status.get('device', '?')}"
-                + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
+                + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) and
+                   row["state"] == "running" else "")
                 + (f" · {status.get('error')}" if status.get("error") else ""))
-        cancel = pn.widgets.Button(name="Cancel", button_type="warning", width=90,
-                                   disabled=row["state"] not in ("queued", "running"))
-        cancel.on_click(lambda _e, rid=row["id"]: self.state.cancel(rid))
-        return pn.Row(pn.pane.Markdown(text, sizing_mode="stretch_width"), progress, cancel,
-                      sizing_mode="stretch_width")
+        if widgets["text"].object != text:
+            widgets["text"].object = text
+        value = int(100 * (status.get("progress") or 0))
+        if widgets["progress"].value != value:
+            widgets["progress"].value = value
+        widgets["cancel"].disabled = row["state"] not in ("queued", "running")
 
     def poll(self) -> None:
         rows = self.state.services.store.list()
@@ -209,13 +222,26 @@ class JobsView(pn.viewable.Viewer):
                 _notify(kind, f"{r['id']}: {r['state']}" + (f" ({r['error']})" if r.get("error")
                                                             else ""))
             self._states[r["id"]] = r["state"]
-        self.rows.objects = [self._row(r) for r in recent] or [_message("no jobs yet")]
+        for r in recent:
+            if r["id"] not in self._widgets:
+                self._widgets[r["id"]] = self._row(r["id"])
+            self._update(self._widgets[r["id"]], r)
+        order = [r["id"] for r in recent]
+        if order != self._order:  # change the layout only when the set of rows changes
+            self._order = order
+            self.rows.objects = ([self._widgets[i]["layout"] for i in order]
+                                 or [_message("no jobs yet")])
         watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
                        rows[-1]["id"] if rows else None)
-        if watched is not None:
-            metrics = self.state.services.store.get(watched).read_metrics()
-            self.curve_pipe.send(metrics if metrics is not None else [])
-        self._watched = watched
+        if watched is not None and self.active:  # plots update only while shown
+            run = self.state.services.store.get(watched)
+            metrics_file = run.path / "metrics.nc"
+            stamp = (watched, metrics_file.stat().st_mtime if metrics_file.exists() else None)
+            if stamp != self._watched:
+                self._watched = stamp
+                metrics = run.read_metrics()
+                self.curves.object = plots.training_curves(metrics if metrics is not None else [],
+                                                           label=watched)
 
     def __panel__(self):
         return self._layout
@@ -229,7 +255,7 @@ class RunsCatalog(pn.viewable.Viewer):
         self.state = state
         self.table = pn.widgets.Tabulator(plots.runs_table_frame([]), selectable="checkbox",
                                           disabled=True, sizing_mode="stretch_width",
-                                          height=320, show_index=False)
+                                          show_index=True, max_height=520)
         self.table.param.watch(self._selected, "selection")
         self.delete = pn.widgets.Button(name="Delete selected", button_type="danger")
         self.confirm = pn.widgets.Button(name="Confirm delete", button_type="danger", visible=False)
@@ -287,13 +313,14 @@ class RunView(pn.viewable.Viewer):
     """Base for views of the first selected run (or a run given directly, for notebooks)."""
 
     run_id = param.String(default=None, allow_None=True)
+    active = param.Boolean(default=True, doc="render only while shown (the app toggles this)")
 
     def __init__(self, state: ExperimentState | None = None, **params):
         super().__init__(**params)
         self.state = state or ExperimentState()
         self.body = pn.Column(sizing_mode="stretch_width")
         self.state.param.watch(lambda _e: self.render(), "selected_runs")
-        self.param.watch(lambda _e: self.render(), "run_id")
+        self.param.watch(lambda _e: self.render(), ["run_id", "active"])
         self.render()
 
     def current(self):
@@ -307,6 +334,8 @@ class RunView(pn.viewable.Viewer):
         return run if run.status().get("state") == "done" else None
 
     def render(self) -> None:
+        if not self.active:  # a hidden tab renders when it is shown
+            return
         run = self.current()
         try:
             objects = self.content(run) if run is not None else [
@@ -330,7 +359,7 @@ class BreakingView(RunView):
         _, analysis = model_and_analysis(run)
         boundary = None
         if analysis.attrs.get("kind") == "translation":
-            boundary = dataset_of(run).attrs.get("boundary_x")
+            boundary = dataset_attrs_of(run).get("boundary_x")
         score = analysis.attrs.get("breaking_score", float("nan"))
         head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
                 f"overall breaking score **{score:.3g}**")
@@ -353,24 +382,28 @@ class RolloutView(RunView):
         super().__init__(state, **params)
 
     def _rollout(self, run):
+        """Truth and prediction for the first held-out (else future) window of the dataset,
+        reading only the frames it needs."""
         model, _ = model_and_analysis(run)
-        ds = dataset_of(run)
+        attrs = dataset_attrs_of(run)
+        if not attrs:
+            raise FileNotFoundError(f"dataset {run.dataset_path()} is not here (make data)")
         k = model.spec["in_frames"]
-        split = "domain" if len(np.atleast_1d(ds.attrs["split_domain_sims"])) else "future"
-        sims = np.atleast_1d(ds.attrs[f"split_{'domain' if split == 'domain' else 'train'}_sims"])
-        start = int(np.atleast_1d(ds.attrs[f"window_{split}"])[0])
-        vel = torch.from_numpy(np.ascontiguousarray(ds["velocity"].values[int(sims[0])]))
-        steps = min(20, vel.shape[0] - start - k)
-        window = vel[start:start + k].reshape(1, 2 * k, *vel.shape[-2:])
-        frames = []
+        domain = np.atleast_1d(attrs["split_domain_sims"])
+        split, sims = ("domain", domain) if len(domain) else (
+            "future", np.atleast_1d(attrs["split_train_sims"]))
+        start = int(np.atleast_1d(attrs[f"window_{split}"])[0])
+        steps = max(1, min(20, int(attrs["steps"]) - start - k))
+        frames = read_frames(run.dataset_path(), int(sims[0]), start, k + steps)
+        window = torch.from_numpy(frames[:k]).reshape(1, 2 * k, *frames.shape[-2:])
+        preds = []
         model.eval()
         with torch.no_grad():
             for _ in range(steps):
                 pred = model(window)
-                frames.append(pred[0])
+                preds.append(pred[0])
                 window = torch.cat([window[:, 2:], pred], 1)
-        truth = vel[start + k:start + k + steps].numpy()
-        return truth, torch.stack(frames).numpy()
+        return frames[k:], torch.stack(preds).numpy()
 
     def content(self, run):
         runs = {}
@@ -381,18 +414,18 @@ class RolloutView(RunView):
                 continue
             if metrics is not None:
                 runs[run_id] = metrics
+        parts = [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
+                 pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
         truth, pred = self._rollout(run)
         frames = plots.flow_frames(truth, pred, quantity=self.quantity)
         self.player.end = len(truth)
-        self.player.value = min(self.player.value, len(truth))
+        self.player.value = min(max(self.player.value, 1), len(truth))
         stream = hv.streams.Params(self.player, ["value"], rename={"value": "step"})
         flow = hv.DynamicMap(lambda step: frames[int(step)], streams=[stream])
         quantity = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
-        return [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
-                pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width"),
-                pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
-                pn.Row(self.player, quantity),
-                pn.pane.HoloViews(flow, sizing_mode="stretch_width")]
+        return parts + [pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
+                        pn.Row(self.player, quantity),
+                        pn.pane.HoloViews(flow, sizing_mode="stretch_width")]
 
     @param.depends("quantity", watch=True)
     def _requantity(self):
@@ -413,12 +446,8 @@ class EquivarianceView(RunView):
         for row in self.state.services.catalog():
             if row["state"] != "done" or row.get("equivariance_error") is None:
                 continue
-            other = self.state.services.run(row["id"])
-            path = other.dataset_path()
-            if not path.exists():
-                continue
-            with _lock:
-                data_error = _data_error(str(path), path.stat().st_mtime)
+            data_error = dataset_attrs_of(self.state.services.run(row["id"])).get(
+                "data_equivariance_error")
             if data_error is not None:
                 points.append(dict(data_error=data_error, model_error=row["equivariance_error"],
                                    model=row["model"]))
@@ -436,7 +465,10 @@ class SweepView(RunView):
 
     def content(self, _state):
         rows = [r for r in self.state.services.catalog() if r["state"] == "done"]
-        dataset = self.state.dataset
+        # the dataset of the first selected run, else the experiment panel's
+        chosen = next((r for r in rows if self.state.selected_runs
+                       and r["id"] == self.state.selected_runs[0]), None)
+        dataset = chosen["dataset"] if chosen else self.state.dataset
         same = [r for r in rows if r.get("dataset") == dataset and r["model"] == self.state.model
                 and r.get("group") == self.state.group]
         refs = {}

@@ -176,6 +176,7 @@ def test_training_curves_full_partial_and_empty(metrics, trained):
     assert {c.vdims[0].name for c in curves} == {"train_loss", "valid_rmse"}
     assert all(len(c) == 2 for c in curves)
     assert overlay.opts.get().kwargs["logy"] is True
+    assert overlay.opts.get().kwargs["xticks"] == [1, 2]
     one = plots.training_curves(trained[1].history[:1])
     assert {len(el) for el in one} == {1}
     for empty in ([], None, xr.Dataset(coords={"epoch": []}), xr.Dataset()):
@@ -321,6 +322,7 @@ def test_sweep_plot_puts_alpha_zero_left_and_averages_seeds():
     assert texts == ["strict (gconv)", "free (conv)"]
     opts = overlay.opts.get().kwargs
     assert opts["logx"] is True and opts["xticks"][0] == (pytest.approx(1e-5), "0")
+    assert opts["ylim"][0] < 0.5 and opts["ylim"][1] > 0.9  # reference lines stay in view
     plot = render(overlay)
     assert "0" in plot.xaxis[0].major_label_overrides.values()
     single = plots.sweep_plot([dict(alpha=0.0, future_rmse=0.4)])

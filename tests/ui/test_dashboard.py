@@ -1,0 +1,107 @@
+"""Browser tests: the served dashboard in a real Chromium."""
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.browser
+SHOTS = Path(tempfile.gettempdir()) / "ree-ui"
+SHOTS.mkdir(exist_ok=True)
+
+
+def _wait_text(page, pattern, timeout=120):
+    """Wait until some element's text matches ``pattern`` (the page updates itself)."""
+    deadline = time.time() + timeout
+    regex = re.compile(pattern)
+    while time.time() < deadline:
+        if page.get_by_text(regex).count():
+            return
+        time.sleep(0.5)
+    page.screenshot(path=str(SHOTS / "failure.png"))
+    raise AssertionError(f"no text matching {pattern!r} within {timeout} s (screenshot in "
+                         f"{SHOTS})")
+
+
+def _submit(page) -> str:
+    page.get_by_role("button", name="Train", exact=True).click()
+    _wait_text(page, r"Submitted \S+", timeout=30)
+    text = page.get_by_text(re.compile(r"Submitted \S+")).first.inner_text()
+    return re.search(r"Submitted (\S+?):", text).group(1)
+
+
+def _choose_tiny_dataset(page):
+    page.locator("select").filter(has=page.locator("option", has_text="tiny.nc")).select_option(
+        "tiny.nc")
+
+
+def test_page_loads_with_shipped_runs_and_no_console_errors(page):
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    time.sleep(2)
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_changing_the_group_offers_only_valid_models(page):
+    group = page.locator("select").filter(has=page.locator("option", has_text="SO2"))
+    group.select_option("SO2")
+    model = page.locator("select").filter(has=page.locator("option", has_text="rsteer"))
+    deadline = time.time() + 10
+    while model.locator("option").all_inner_texts() != ["steer", "rsteer"]:
+        assert time.time() < deadline, model.locator("option").all_inner_texts()
+        time.sleep(0.2)
+    group.select_option("D4")
+    model = page.locator("select").filter(has=page.locator("option", has_text="combo"))
+    time.sleep(1)
+    assert "steer" not in model.locator("option").all_inner_texts()
+
+
+def test_tiny_training_reaches_done_renders_and_survives_reload(page):
+    _choose_tiny_dataset(page)
+    run_id = _submit(page)
+    page.get_by_text("Jobs", exact=True).first.click()
+    _wait_text(page, rf"{run_id} · done", timeout=180)
+    page.get_by_text("Runs", exact=True).first.click()
+    ours = page.locator(".tabulator-row", has_text=run_id)
+    ours.first.wait_for(timeout=30000)
+    # select only the new run
+    for row in page.locator(".tabulator-row").all():
+        box = row.locator("input[type=checkbox]")
+        if box.count() and box.is_checked():
+            box.click()
+    ours.locator("input[type=checkbox]").click()
+    page.get_by_text("Symmetry breaking", exact=True).first.click()
+    _wait_text(page, rf"Symmetry breaking: {run_id}", timeout=30)
+    assert page.locator("canvas").count() > 0
+    assert page.console_errors == [], "\n".join(page.console_errors)
+    page.get_by_text("Rollout", exact=True).first.click()
+    _wait_text(page, rf"Flow player: {run_id}", timeout=30)
+    assert page.locator("canvas").count() > 0
+    time.sleep(2)
+    assert page.console_errors == [], "\n".join(page.console_errors)
+    page.reload()
+    page.wait_for_selector("text=Experiment", timeout=60000)
+    _wait_text(page, run_id, timeout=30)
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_cancel_stops_a_running_job(page):
+    _choose_tiny_dataset(page)
+    page.get_by_text("Training budget").click()
+    epochs = page.get_by_label("Epochs")
+    epochs.fill("500")
+    epochs.press("Enter")
+    time.sleep(0.5)
+    run_id = _submit(page)
+    page.get_by_text("Jobs", exact=True).first.click()
+    _wait_text(page, rf"{run_id} · running", timeout=60)
+    page.locator("button:not([disabled])", has_text="Cancel").first.click()
+    _wait_text(page, rf"{run_id} · cancelled", timeout=60)
+
+
+def test_sweep_view_renders_for_the_shipped_runs(page):
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    page.get_by_text("Sweep", exact=True).first.click()
+    _wait_text(page, r"Relaxation sweep: rgroup C4 on rotation.nc", timeout=30)
+    assert page.locator("canvas").count() > 0
+    assert page.console_errors == [], "\n".join(page.console_errors)
