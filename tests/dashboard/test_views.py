@@ -1,0 +1,111 @@
+"""State and views without a server: valid choices, refusals, rendering on real runs."""
+import shutil
+from pathlib import Path
+
+import panel as pn
+import pytest
+
+from core.datasets import generate, save_dataset
+from core.errors import SpecError
+from dashboard.state import ExperimentState, Services, alpha_value, valid_models
+from dashboard.views import (BreakingView, EquivarianceView, JobsView, RolloutView, RunsCatalog,
+                             SweepView)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    save_dataset(generate("rotation", grid=16, steps=80, sims=8, device="cpu"), data / "tiny.nc")
+    shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained")
+    services = Services(data_root=data, runs_root=tmp_path_factory.mktemp("runs"))
+    yield services
+    services.jobs.shutdown()
+
+
+@pytest.fixture
+def state(services):
+    return ExperimentState(services)
+
+
+def test_valid_models_follow_the_group():
+    assert valid_models("SO2") == ["steer", "rsteer"]
+    assert "steer" not in valid_models("D4") and "combo" in valid_models("D4")
+    assert set(valid_models("translation")) == {"mlp", "conv", "rgroup", "constrained"}
+    assert alpha_value("strict") is None and alpha_value("1e-3") == 1e-3
+
+
+def test_group_change_keeps_the_model_valid(state):
+    state.group = "SO2"
+    assert state.param.model.objects == ["steer", "rsteer"] and state.model in ("steer", "rsteer")
+    state.group = "translation"
+    assert state.model in valid_models("translation")
+
+
+def test_strict_end_of_the_alpha_slider_trains_the_strict_model(state):
+    state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "strict"
+    spec = state.model_spec()
+    assert spec["name"] == "gconv" and spec["alpha"] == 0.0 and spec["grid"] == [16, 16]
+
+
+def test_forced_invalid_settings_are_rejected(state):
+    state.dataset, state.group = "tiny.nc", "D4"
+    with pytest.raises(ValueError, match="does not accept 'steer'"):
+        state.model = "steer"  # the panel never offers it
+    state.param.model.objects = list(state.param.model.objects) + ["steer"]  # forced anyway
+    state.model = "steer"
+    with pytest.raises(SpecError, match="valid groups"):
+        state.submit()
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "/tmp/x.nc", "..", "a/b.nc", ".hidden.nc"])
+def test_file_choices_stay_inside_the_data_folder(services, name):
+    with pytest.raises(ValueError):
+        services.dataset_path(name)
+
+
+def test_catalog_lists_shipped_runs_and_selects_one(state):
+    catalog = RunsCatalog(state)
+    catalog.poll()
+    assert "rotation-rgroup-C4" in list(catalog.table.value.index)
+    assert len(state.selected_runs) == 1
+
+
+@pytest.mark.parametrize("view", [BreakingView, EquivarianceView, SweepView])
+def test_views_render_shipped_runs(state, view):
+    state.selected_runs = ["rotation-rgroup-C4"]
+    shown = view(state)
+    text = " ".join(str(getattr(o, "object", "")) for o in shown.body.objects)
+    assert "cannot show" not in text
+    assert any(isinstance(o, pn.pane.HoloViews) for o in shown.body.objects)
+
+
+def test_breaking_view_names_the_kind_and_score(state):
+    shown = BreakingView(state, run_id="translation-rgroup")
+    assert "kind **translation**" in shown.body.objects[0].object
+
+
+def test_hidden_views_do_not_render(state):
+    state.selected_runs = ["rotation-rgroup-C4"]
+    shown = BreakingView(state, active=False)
+    assert shown.body.objects == []
+    shown.active = True
+    assert shown.body.objects
+
+
+def test_rollout_view_without_the_dataset_explains(state):
+    state.selected_runs = ["rotation-gconv-C4"]  # its dataset (data/rotation.nc) may be absent
+    shown = RolloutView(state)
+    assert shown.body.objects  # either the player or a readable message, never an exception
+
+
+def test_jobs_view_trains_and_reports(state):
+    state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
+    state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
+    run_id = state.submit()
+    final = state.services.jobs.wait(run_id, timeout=120)
+    assert final["state"] == "done"
+    jobs = JobsView(state)
+    jobs.poll()
+    assert any(run_id in str(row.objects[0].object) for row in jobs.rows.objects)
