@@ -658,6 +658,9 @@ def sweep_plot(rows: Sequence[Mapping], metric: str = "future_rmse",
                 legend_position="top_right", **_SIZE)
     if alphas:
         opts["xticks"] = [(a if a > 0 else zero, "0" if a == 0 else f"{a:g}") for a in alphas]
+        xs_all = [a if a > 0 else zero for a in alphas]
+        if max(xs_all) == min(xs_all):  # one alpha: a log axis needs some width around it
+            opts["xlim"] = (xs_all[0] / 10, xs_all[0] * 10)
     return hv.Overlay(layers).opts(**opts)
 
 

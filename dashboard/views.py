@@ -482,7 +482,7 @@ class SweepView(RunView):
                                    button_type="primary")
         button.on_click(self._launch)
         return [pn.pane.Markdown(f"### Relaxation sweep: {self.state.model} {self.state.group} on "
-                                 f"{dataset}"),
+                                 f"`{dataset}`"),
                 pn.pane.HoloViews(plots.sweep_plot(same, references=refs),
                                   sizing_mode="stretch_width"),
                 button]

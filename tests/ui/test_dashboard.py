@@ -102,6 +102,6 @@ def test_cancel_stops_a_running_job(page):
 def test_sweep_view_renders_for_the_shipped_runs(page):
     _wait_text(page, "rotation-rgroup-C4", timeout=30)
     page.get_by_text("Sweep", exact=True).first.click()
-    _wait_text(page, r"Relaxation sweep: rgroup C4 on rotation.nc", timeout=30)
+    _wait_text(page, r"Relaxation sweep: rgroup C4 on", timeout=30)
     assert page.locator("canvas").count() > 0
     assert page.console_errors == [], "\n".join(page.console_errors)
