@@ -20,6 +20,18 @@ moves AND the components turn: ``(g.F)(p) = R_g F(g^-1 p)``.
 Multiples of 90 degrees and reflections are exact index permutations (``torch.rot90`` /
 ``torch.flip``). Any other angle (C8, C3, SO(2)) resamples the grid bilinearly about the centre with
 zeros outside: that action is approximate, and :func:`interpolation_error` measures how much.
+
+Scale (:class:`ScaleGroup`, name "scale")
+-----------------------------------------
+An element is a scale factor ``s > 0``. On a scalar field it zooms about the grid centre,
+``(s.f)(p) = f(p / s)`` (bilinear, zeros outside: ``s > 1`` enlarges the pattern and pushes its
+outer part off the grid, ``s < 1`` shrinks it and fills the rim with zeros). On a velocity stack
+the grid moves the same way and every vector is multiplied by ``s``: ``(s.F)(p) = s F(p / s)``.
+That is the similarity of the plume equations the "scale" scenario uses (a plume on a domain
+``s`` times larger has velocities ``s`` times larger; the scenario divides by ``f`` when it
+downsamples, i.e. it applies ``1/f``). The action of the positive reals is a group action in the
+continuum; on the grid it resamples (and loses what leaves the grid), so it is approximate by
+nature and never assumed exact.
 """
 from __future__ import annotations
 
@@ -33,8 +45,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "Element", "Group", "TranslationGroup", "RotationGroup", "DihedralGroup", "SO2Group",
-    "get_group", "valid_group_names", "transform_field", "transform_scalar", "interpolation_error",
-    "exact_rotation_matrix",
+    "ScaleGroup", "get_group", "valid_group_names", "transform_field", "transform_scalar",
+    "interpolation_error", "exact_rotation_matrix", "DEFAULT_SCALES",
 ]
 
 _QUARTER = math.pi / 2
@@ -196,17 +208,80 @@ class SO2Group(Group):
         return f"SO2Group(band_limit={self.band_limit})"
 
 
+DEFAULT_SCALES = (1.0, 1.5, 2.0, 2.5)
+
+
+class ScaleGroup(Group):
+    """Isotropic scalings by a discrete set of factors (default 1, 1.5, 2, 2.5).
+
+    The factors are the elements a scale-equivariant network is built for (and tested on): the
+    scale layers (:mod:`core.nn.scale`) sample their filters at these scales. The set is a
+    discretisation of the multiplicative group of positive reals and is *not* closed under
+    composition (1.5 x 2 = 3 is not in it): like the scale-equivariant steerable networks of
+    Sosnovik et al. (2020) it behaves as a truncated, semigroup-like window of scales, and
+    equivariance holds only where the scales involved stay inside the window. ``order`` is the
+    number of factors; :meth:`elements` returns them as floats, identity (1) first, then
+    ascending. The action (:func:`transform_scalar`, :func:`transform_field`) is defined for any
+    factor ``s > 0``, in the set or not (see the module docstring).
+
+    Spec name: "scale" for the default factors, ``"scale:1,1.41,2"`` for others
+    (:attr:`spec_name`); :func:`get_group` reads both.
+    """
+
+    name = "scale"
+
+    def __init__(self, scales: Sequence[float] = DEFAULT_SCALES):
+        try:
+            values = [float(v) for v in scales]
+        except (TypeError, ValueError):
+            raise ValueError(f"scales must be a sequence of positive numbers, got {scales!r}") from None
+        if not values or not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError(f"scales must be positive finite numbers, got {scales!r}")
+        if 1.0 not in values:
+            raise ValueError(f"scales must contain the identity 1, got {scales!r}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"scales must be distinct, got {scales!r}")
+        rest = sorted(v for v in values if v != 1.0)
+        self.scales = (1.0, *rest)
+        self.order = len(self.scales)
+
+    def elements(self) -> list[float]:
+        """The scale factors, identity first."""
+        return list(self.scales)
+
+    def sorted_scales(self) -> tuple[float, ...]:
+        """The factors in ascending order (the order of the scale axis of the scale layers)."""
+        return tuple(sorted(self.scales))
+
+    @property
+    def spec_name(self) -> str:
+        """The name that rebuilds this group with :func:`get_group` (JSON-friendly)."""
+        if self.scales == DEFAULT_SCALES:
+            return "scale"
+        return "scale:" + ",".join(f"{v:g}" for v in self.sorted_scales())
+
+    def __repr__(self) -> str:
+        return f"ScaleGroup(scales={self.sorted_scales()})"
+
+
+def _scale_factor(g) -> float:
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g) or g <= 0:
+        raise ValueError(f"a scale element is a positive scale factor (e.g. 2.0), got {g!r}")
+    return float(g)
+
+
 _NAME_RE = re.compile(r"^([CD])(\d+)$")
 
 
 def valid_group_names() -> list[str]:
     """The names :func:`get_group` understands (C_n and D_n accept any n >= 1)."""
     return ["translation", *(f"C{n}" for n in range(1, 9)), *(f"D{n}" for n in range(1, 9)),
-            "SO2"]
+            "SO2", "scale"]
 
 
 def get_group(name: str | Group, **kwargs) -> Group:
-    """Group by name: "translation", "C<n>", "D<n>" (any n >= 1) or "SO2" (``band_limit=``)."""
+    """Group by name: "translation", "C<n>", "D<n>" (any n >= 1), "SO2" (``band_limit=``) or
+    "scale" (``scales=``, default 1, 1.5, 2, 2.5; also ``"scale:1,1.5,2"``)."""
     if isinstance(name, Group):
         return name
     if not isinstance(name, str):
@@ -216,12 +291,21 @@ def get_group(name: str | Group, **kwargs) -> Group:
         return TranslationGroup()
     if name == "SO2":
         return SO2Group(**kwargs)
+    if name == "scale":
+        return ScaleGroup(**kwargs)
+    if name.startswith("scale:") and not kwargs:
+        try:
+            values = [float(v) for v in name[len("scale:"):].split(",")]
+        except ValueError:
+            raise ValueError(f"cannot read scale factors from {name!r}: write e.g. "
+                             f"'scale:1,1.5,2'") from None
+        return ScaleGroup(values)
     m = _NAME_RE.match(name)
     if m and int(m.group(2)) >= 1:
         cls = RotationGroup if m.group(1) == "C" else DihedralGroup
         return cls(int(m.group(2)))
     raise ValueError(f"unknown group {name!r}; valid: " + ", ".join(valid_group_names())
-                     + " (C<n>/D<n> for any n >= 1)")
+                     + " (C<n>/D<n> for any n >= 1; scale:<f1>,<f2>,... for other scale factors)")
 
 
 def _as_element(group: Group, g) -> Element:
@@ -279,22 +363,36 @@ def _move_grid(x: torch.Tensor, element: Element) -> torch.Tensor:
     return _resample(x, exact_rotation_matrix(element.angle))
 
 
+def _zoom(x: torch.Tensor, s: float) -> torch.Tensor:
+    """``out(p) = x(p / s)`` about the grid centre (bilinear, zeros outside); s = 1 is a no-op."""
+    if s == 1.0:
+        return x
+    return _resample(x, torch.eye(2, dtype=torch.float64) * s)
+
+
 def transform_scalar(x: torch.Tensor, group: Group | str, g) -> torch.Tensor:
-    """Act with ``g`` on scalar fields ``[B, C, H, W]`` (any leading dims): ``f(g^-1 p)``."""
+    """Act with ``g`` on scalar fields ``[B, C, H, W]`` (any leading dims): ``f(g^-1 p)``.
+    For "scale", ``g`` is a scale factor: ``f(p / s)`` (module docstring)."""
     group = get_group(group)
     if isinstance(group, TranslationGroup):
         return torch.roll(x, shifts=_shift(group, g), dims=(-2, -1))
+    if isinstance(group, ScaleGroup):
+        return _zoom(x, _scale_factor(g))
     return _move_grid(x, _as_element(group, g))
 
 
 def transform_field(x: torch.Tensor, group: Group | str, g) -> torch.Tensor:
     """Act with ``g`` on velocity stacks ``[B, 2T, H, W]`` of (u, v) pairs: the grid moves and
-    each (u, v) vector turns with it, ``R_g F(g^-1 p)``."""
+    each (u, v) vector turns with it, ``R_g F(g^-1 p)``. For "scale" the grid zooms and every
+    vector is multiplied by the factor: ``s F(p / s)``."""
     group = get_group(group)
     if x.shape[-3] % 2:
         raise ValueError(f"a velocity stack needs an even channel count (u, v pairs), got {x.shape[-3]}")
     if isinstance(group, TranslationGroup):
         return transform_scalar(x, group, g)
+    if isinstance(group, ScaleGroup):
+        s = _scale_factor(g)
+        return _zoom(x, s) * s if s != 1.0 else x
     element = _as_element(group, g)
     moved = _move_grid(x, element)
     pairs = moved.unflatten(-3, (-1, 2))  # [..., T, 2, H', W']
