@@ -496,6 +496,34 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_reproduce(commands) -> None:
+    p = commands.add_parser("reproduce", help="reproduce the paper's claims with our data",
+                            description="Generate the scenarios, train every model family with "
+                                        "several seeds through the job system, evaluate, run "
+                                        "the levels (Figure 4) and discovery experiments, and "
+                                        "write results.md / results.json / figures.")
+    p.add_argument("--preset", choices=("tiny", "cpu", "gpu"), default="cpu")
+    p.add_argument("--out", default="results", metavar="DIR")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address (default: local worker processes)")
+    p.add_argument("--docs", action="store_true",
+                   help="also write docs/RESULTS.md from the results")
+    p.set_defaults(handler=_run_reproduce)
+
+
+def _run_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import run
+
+    results = run(args.preset, args.out, scheduler=args.scheduler)
+    if args.docs:
+        from .reproduce import report
+        from .runs import PROJECT_ROOT
+
+        (PROJECT_ROOT / "docs").mkdir(exist_ok=True)
+        (PROJECT_ROOT / "docs" / "RESULTS.md").write_text(report(results))
+    return 0
+
+
 def _add_execute(commands) -> None:
     p = commands.add_parser("execute", help="(internal) run one queued job of a run store")
     p.add_argument("run_dir")
@@ -524,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_runs(commands)
     _add_sweep(commands)
     _add_pretrain(commands)
+    _add_reproduce(commands)
     _add_execute(commands)
     return parser
 

@@ -10,14 +10,16 @@ and exposes
 
 Width: ``hidden_dim`` is the number of feature channels per pixel, the same for every family, so
 models compare at equal activation size: group models use ``hidden_dim // |G|`` regular fields
-(at least 1), steerable models split the channels into scalars and vector fields.
+(at least 1), steerable models split the channels into scalars and vector fields, scale models
+use ``hidden_dim // (number of scales)`` fields per scale (at least 1).
 
 Groups per model (``SpecError`` names the valid choices otherwise):
 
 ======================  =========================================================================
 mlp, conv               None or "translation"
 gconv                   C<n>, D<n> (exact for n in 1, 2, 4)
-steer, rsteer           C<n>, SO2 (exact for 90 degree rotations)
+steer, rsteer           C<n>, SO2 (exact for 90 degree rotations), "scale" (approximate: see
+                        :class:`ScaleNet`)
 rgroup                  "translation" (relaxed translation conv), C<n>, D<n>
 rpp, lift, combo        C<n>, D<n>
 constrained             "translation"
@@ -34,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import SpecError
-from .groups import RotationGroup, SO2Group, TranslationGroup, _PlanarGroup, get_group
-from .nn import (GatedNonlinearity, LocallyConnected2d, RelaxedGroupConv, RelaxedSteerableConv,
-                 RelaxedTranslationConv)
+from .groups import (RotationGroup, ScaleGroup, SO2Group, TranslationGroup, _PlanarGroup,
+                     get_group)
+from .nn import (GatedNonlinearity, LocallyConnected2d, RelaxedGroupConv, RelaxedScaleConv,
+                 RelaxedSteerableConv, RelaxedTranslationConv)
 
 MODEL_NAMES = ("mlp", "conv", "gconv", "steer", "rgroup", "rsteer", "rpp", "lift", "combo",
                "constrained")
@@ -44,7 +47,8 @@ MODEL_NAMES = ("mlp", "conv", "gconv", "steer", "rgroup", "rsteer", "rpp", "lift
 _FINITE = ("C<n>", "D<n>")
 _ALLOWED = {
     "mlp": (None, "translation"), "conv": (None, "translation"), "gconv": _FINITE,
-    "steer": ("C<n>", "SO2"), "rsteer": ("C<n>", "SO2"), "rgroup": ("translation", *_FINITE),
+    "steer": ("C<n>", "SO2", "scale"), "rsteer": ("C<n>", "SO2", "scale"),
+    "rgroup": ("translation", *_FINITE),
     "rpp": _FINITE, "lift": _FINITE, "combo": _FINITE, "constrained": ("translation",),
 }
 
@@ -56,6 +60,8 @@ def _group_kind(group) -> str | None:
         return "translation"
     if isinstance(group, SO2Group):
         return "SO2"
+    if isinstance(group, ScaleGroup):
+        return "scale"
     return "C<n>" if isinstance(group, RotationGroup) else "D<n>"
 
 
@@ -267,6 +273,41 @@ class SteerableNet(ZooModel):
         return self.net(x)
 
 
+class ScaleNet(ZooModel):
+    """steer / rsteer with group "scale": scale-equivariant convs on a Hermite-Gaussian basis
+    sampled at the group's scale factors (:mod:`core.nn.scale`).
+
+    Lift: the ``2 * in_frames`` velocity channels (u and v as scalar channels) -> ``c`` fields at
+    every scale, ``c = max(1, hidden_dim // S)``, so ``c * S`` channels per pixel; then
+    ``num_layers - 2`` scale convs that keep the scales apart (scale_size 1: the same filters
+    dilated to each scale), ReLU after every hidden layer; the last layer is a scale conv to one
+    (u, v) pair per scale, averaged over the scales (the pooled projection). No biases anywhere,
+    so the network is positively homogeneous: ``net(a x) = a net(x)`` for ``a > 0`` exactly,
+    which is the magnitude part of the scale action on velocity fields. The zoom part is
+    equivariant in the continuum for the scales inside the window; on the grid, and for zooms
+    that carry scales out of the truncated window, it is approximate (measured, not assumed).
+    rsteer relaxes every layer (coefficients per scale and kernel offset, started constant).
+    """
+
+    def __init__(self, spec, group: ScaleGroup):
+        super().__init__(spec)
+        relaxed, k = spec["name"] == "rsteer", spec["kernel_size"]
+        scales = group.sorted_scales()
+        c = max(1, spec["hidden_dim"] // len(scales))
+        fields = [2 * spec["in_frames"]] + [c] * (spec["num_layers"] - 1)
+        layers = []
+        for i, (a, b) in enumerate(zip(fields[:-1], fields[1:])):
+            layers.append(RelaxedScaleConv(scales, a, b, "scalar" if i == 0 else "scale", "scale",
+                                           k, relaxed=relaxed))
+        layers.append(RelaxedScaleConv(scales, fields[-1], 2, "scale", "pooled", k,
+                                       relaxed=relaxed))
+        self.net = _stack(layers)
+        self.scales = scales
+
+    def forward(self, x):
+        return self.net(x)
+
+
 def _positive_int(spec, key, minimum=1):
     value = spec[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -322,6 +363,8 @@ def build_model(name: str, *, group: str | None = None, in_frames: int = 10, hid
         return MLP(spec)
     if name in ("conv", "constrained") or (name == "rgroup" and spec["group"] == "translation"):
         return ConvNet(spec)
+    if name in ("steer", "rsteer") and isinstance(group_obj, ScaleGroup):
+        return ScaleNet(spec, group_obj)
     if name in ("steer", "rsteer"):
         return SteerableNet(spec, group_obj)
     assert isinstance(group_obj, _PlanarGroup)

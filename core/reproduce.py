@@ -1,0 +1,382 @@
+"""`python -m core reproduce`: the paper's claims, with our data and code.
+
+One command generates the scenarios, trains every model family on each (several seeds, through the
+job system, so a Dask cluster can run it), evaluates future and domain RMSE, runs the
+equivariance-levels experiment (Figure 4) and the discovery checks, and writes
+``results.json``, ``results.md`` (also ``docs/RESULTS.md`` when asked) and figures.
+
+Presets (sizes are stated in the report):
+
+* ``tiny``: seconds; exercises every stage (``make test`` runs it).
+* ``cpu``: reduced sizes for a 2-core CPU within an hour.
+* ``gpu``: the paper's sizes (64x64, 310 steps, hidden widths and epochs as published).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .datasets import data_equivariance_error, generate, save_dataset
+
+PUBLISHED = {  # rotation plume, (future, domain) RMSE
+    ("rotation", "rgroup"): (0.82, 0.73), ("rotation", "rsteer"): (0.80, 0.67)}
+
+FAMILIES = {
+    "translation": [("mlp", None), ("conv", "translation"), ("constrained", "translation"),
+                    ("rgroup", "translation")],
+    "rotation": [("mlp", None), ("conv", "translation"), ("gconv", "C4"), ("steer", "C4"),
+                 ("rgroup", "C4"), ("rsteer", "C4"), ("rpp", "C4"), ("lift", "C4"),
+                 ("combo", "C4")],
+    "scale": [("mlp", None), ("conv", "translation"), ("steer", "scale"), ("rsteer", "scale")],
+}
+RELAXED = {"translation": ["rgroup"], "rotation": ["rgroup", "rsteer"], "scale": ["rsteer"]}
+STRICT = {"translation": ["conv"], "rotation": ["gconv", "steer"], "scale": ["steer"]}
+FREE = "conv"  # the unconstrained CNN (translation-equivariant only)
+
+
+@dataclass
+class Preset:
+    grid: int
+    steps: int
+    sims: dict
+    seeds: int
+    hidden: dict  # model name -> hidden width (default key "*")
+    layers: int
+    in_frames: int
+    training: dict
+    levels: int
+    level_models: tuple = ("conv", "gconv", "rgroup")
+    note: str = ""
+    scenarios: tuple = ("translation", "rotation", "scale")
+    alpha: float = 1e-3
+    banks: int = 2
+    extra: dict = field(default_factory=dict)
+
+    def width(self, name: str) -> int:
+        return self.hidden.get(name, self.hidden["*"])
+
+
+PRESETS = {
+    "tiny": Preset(grid=16, steps=60, sims=dict(translation=7, rotation=8, scale=4), seeds=1,
+                   hidden={"*": 8}, layers=2, in_frames=2,
+                   training=dict(epochs=1, batch_size=4, batches_per_epoch=3, lr=3e-3,
+                                 valid_samples=8, device="cpu", threads=1),
+                   levels=2, note="16x16, 60 steps, width 8, 1 epoch of 3 batches, 1 seed"),
+    "cpu": Preset(grid=32, steps=120, sims=dict(translation=14, rotation=16, scale=10), seeds=3,
+                  hidden={"*": 16}, layers=4, in_frames=10,
+                  training=dict(epochs=6, batch_size=8, batches_per_epoch=25, lr=2e-3,
+                                valid_samples=64, device="cpu", threads=1),
+                  levels=10, note="32x32, 120 steps, width 16, 4 layers, 6 epochs of 25 batches "
+                                  "of 8, 3 seeds"),
+    "gpu": Preset(grid=64, steps=310, sims=dict(translation=35, rotation=36, scale=38), seeds=3,
+                  hidden={"*": 128, "rgroup": 32, "gconv": 32, "rsteer": 92, "steer": 92,
+                          "rpp": 32, "lift": 32, "combo": 32},
+                  layers=5, in_frames=10,
+                  training=dict(epochs=50, batch_size=8, lr=1e-3, valid_samples=512,
+                                device="auto"),
+                  levels=10, note="the paper's sizes: 64x64, 310 steps, published widths, "
+                                  "50 epochs with early stopping, 3 seeds"),
+}
+
+
+def _scale_available() -> bool:
+    from .groups import get_group
+
+    try:
+        get_group("scale")
+        return True
+    except ValueError:
+        return False
+
+
+def _mean_std(values):
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | None = None,
+        say: Callable[[str], None] = print) -> dict:
+    """Run everything for ``preset`` into ``out``; returns the results dictionary."""
+    from .jobs import JobManager
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    out = Path(out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    scenarios = [s for s in p.scenarios if s != "scale" or _scale_available()]
+    paths = {}
+    for scenario in scenarios:
+        path = out / "data" / f"{scenario}.nc"
+        if not path.exists():
+            save_dataset(generate(scenario, grid=p.grid, steps=p.steps, sims=p.sims[scenario]),
+                         path)
+        paths[scenario] = path
+    say(f"[reproduce] data ready ({time.perf_counter() - started:.0f} s)")
+
+    # two single-threaded CPU jobs at a time use both cores of a small machine best
+    manager = JobManager(out / "runs", scheduler=scheduler, max_cpu_jobs=2, poll=0.5)
+    try:
+        jobs = []  # (scenario, model, group, seed, run id)
+        for scenario in scenarios:
+            for name, group in FAMILIES[scenario]:
+                for seed in range(p.seeds):
+                    spec = dict(name=name, group=group, in_frames=p.in_frames,
+                                hidden_dim=p.width(name), num_layers=p.layers,
+                                num_banks=p.banks if name == "rgroup" else 1,
+                                alpha=p.alpha if name in ("rgroup", "rsteer", "rpp", "lift",
+                                                          "combo", "constrained") else 0.0)
+                    run_id = manager.submit(spec, dict(p.training, seed=seed), paths[scenario])
+                    jobs.append((scenario, name, group, seed, run_id))
+        levels = _submit_levels(manager, p, out)
+        discovery = _submit_discovery(manager, p, out, paths)
+        total = len(jobs) + len(levels) + len(discovery)
+        say(f"[reproduce] {total} training jobs submitted")
+        finished = 0
+        ids = [j[-1] for j in jobs] + [j[-1] for j in levels] + [d[0] for d in discovery.values()]
+        for run_id in ids:
+            manager.wait(run_id)
+            finished += 1
+            if finished % 5 == 0 or finished == total:
+                say(f"[reproduce] {finished}/{total} jobs finished "
+                    f"({time.perf_counter() - started:.0f} s)")
+        results = dict(
+            preset=preset, note=p.note, seconds=None,
+            table=_table(manager, jobs),
+            levels=_levels_result(manager, levels, out),
+            discovery=_discovery_result(manager, discovery, p),
+            claims={},
+        )
+    finally:
+        manager.shutdown()
+    results["claims"] = _claims(results["table"])
+    results["seconds"] = time.perf_counter() - started
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+    (out / "results.md").write_text(report(results))
+    _figures(results, out)
+    say(f"[reproduce] done in {results['seconds'] / 60:.1f} min; see {out / 'results.md'}")
+    return results
+
+
+def _submit_levels(manager, p: Preset, out: Path) -> list:
+    """Figure 4: one sub-dataset per level (an orbit of four sims), conv/strict/relaxed on each."""
+    full = generate("levels", grid=p.grid, steps=p.steps, sims=4 * p.levels)
+    jobs = []
+    for level in range(p.levels):
+        members = np.flatnonzero(full["level"].values == level)
+        sub = full.isel(sim=members)
+        sub = sub.assign_coords(sim=np.arange(len(members)))
+        # all four sims train; "domain" is empty (Figure 4 compares equivariance, not RMSE)
+        sub.attrs.update(split_train_sims=np.arange(len(members)),
+                         split_domain_sims=np.asarray([], dtype=np.int64),
+                         data_equivariance_error=float(data_equivariance_error(sub).mean()))
+        path = out / "data" / f"levels-{level}.nc"
+        if not path.exists():
+            save_dataset(sub, path)
+        for name in p.level_models:
+            group = "translation" if name == "conv" else "C4"
+            spec = dict(name=name, group=group, in_frames=p.in_frames, hidden_dim=p.width(name),
+                        num_layers=p.layers, num_banks=p.banks if name == "rgroup" else 1,
+                        alpha=0.0)
+            run_id = manager.submit(spec, dict(p.training, seed=0, orbit_batches=True,
+                                               batch_size=8), path)
+            jobs.append((level, name, run_id))
+    return jobs
+
+
+def _submit_discovery(manager, p: Preset, out: Path, paths: dict) -> dict:
+    """(a) translation boundary, (b) the stronger rotation direction, (c) symmetric data."""
+    jobs = {}
+    spec = dict(in_frames=p.in_frames, hidden_dim=p.width("rgroup"), num_layers=p.layers,
+                num_banks=p.banks, alpha=1e-4)
+    if "translation" in paths:
+        jobs["boundary"] = (manager.submit(dict(spec, name="rgroup", group="translation"),
+                                           dict(p.training, seed=0), paths["translation"]),)
+    strong = out / "data" / "rotation-breaking4.nc"
+    symmetric = out / "data" / "rotation-breaking0.nc"
+    for path, breaking in ((strong, 4.0), (symmetric, 0.0)):
+        if not path.exists():
+            save_dataset(generate("rotation", grid=p.grid, steps=p.steps,
+                                  sims=p.sims["rotation"], breaking=breaking), path)
+    jobs["direction"] = (manager.submit(dict(spec, name="rgroup", group="C4"),
+                                        dict(p.training, seed=0, orbit_batches=True), strong),)
+    jobs["symmetric"] = (manager.submit(dict(spec, name="rgroup", group="C4"),
+                                        dict(p.training, seed=0, orbit_batches=True), symmetric),)
+    return jobs
+
+
+def _final(manager, run_id) -> dict:
+    run = manager.store.get(run_id)
+    status = run.status()
+    values = run.final_metrics() if status.get("state") == "done" else {}
+    return dict(values, state=status.get("state"), error=status.get("error"))
+
+
+def _table(manager, jobs) -> list[dict]:
+    rows = {}
+    for scenario, name, group, seed, run_id in jobs:
+        key = (scenario, name, group)
+        rows.setdefault(key, []).append(_final(manager, run_id))
+    table = []
+    for (scenario, name, group), finals in rows.items():
+        future = _mean_std([f.get("future_rmse") for f in finals])
+        domain = _mean_std([f.get("domain_rmse") for f in finals])
+        equiv = _mean_std([f.get("equivariance_error") for f in finals])
+        table.append(dict(scenario=scenario, model=name, group=group, seeds=len(finals),
+                          failed=sum(f["state"] != "done" for f in finals),
+                          future_mean=future[0], future_std=future[1],
+                          domain_mean=domain[0], domain_std=domain[1],
+                          equivariance_error=equiv[0]))
+    return table
+
+
+def _levels_result(manager, levels, out: Path) -> list[dict]:
+    from .datasets import dataset_attrs
+
+    rows = []
+    for level, name, run_id in levels:
+        final = _final(manager, run_id)
+        data = dataset_attrs(out / "data" / f"levels-{level}.nc").get("data_equivariance_error")
+        rows.append(dict(level=level, model=name, data_error=data,
+                         model_error=final.get("equivariance_error"), state=final["state"]))
+    return rows
+
+
+def _discovery_result(manager, discovery, p: Preset) -> dict:
+    from .analysis import boundary_location, breaking_analysis
+
+    result = {}
+    if "boundary" in discovery:
+        run = manager.store.get(discovery["boundary"][0])
+        if run.status().get("state") == "done":
+            found = boundary_location(breaking_analysis(run.load_model()))
+            result["boundary"] = dict(found_x=found, true_x=p.grid / 2,
+                                      error_cells=abs(found - p.grid / 2))
+    run = manager.store.get(discovery["direction"][0])
+    if run.status().get("state") == "done":
+        analysis = breaking_analysis(run.load_model())
+        dev = (analysis["weights"] - analysis["weights"].mean("element")).mean(("layer", "bank"))
+        elements = [str(e) for e in analysis["element"].values]
+        result["direction"] = dict(
+            deviation={e: float(v) for e, v in zip(elements, dev.values)},
+            strongest=elements[int(np.argmax(np.abs(dev.values)))], stronger_inflow="rot180",
+            breaking_score=float(analysis.attrs["breaking_score"]),
+            energy={str(i): float(v) for i, v in zip(analysis["irrep"].values,
+                                                     analysis["energy"].sum("layer").values)})
+    run = manager.store.get(discovery["symmetric"][0])
+    if run.status().get("state") == "done":
+        result["symmetric"] = dict(
+            breaking_score=float(breaking_analysis(run.load_model()).attrs["breaking_score"]))
+    return result
+
+
+def _claims(table: list[dict]) -> dict:
+    """Does a relaxed model beat both the free CNN and the strict model, per scenario and split?"""
+    by = {(r["scenario"], r["model"]): r for r in table}
+    claims = {}
+    for scenario in sorted({r["scenario"] for r in table}):
+        for split in ("future", "domain"):
+            def value(model):
+                return by.get((scenario, model), {}).get(f"{split}_mean")
+
+            relaxed = [(value(m), m) for m in RELAXED[scenario] if value(m) is not None]
+            strict = [value(m) for m in STRICT[scenario] if value(m) is not None]
+            free = value(FREE)
+            if not relaxed or not strict or free is None:
+                continue
+            best, model = min(relaxed)
+            claims[f"{scenario}/{split}"] = dict(
+                relaxed=model, relaxed_rmse=best, best_strict=min(strict), free=free,
+                holds=best < min(strict) and best < free,
+                margin_vs_strict=min(strict) - best, margin_vs_free=free - best)
+    return claims
+
+
+def _fmt(mean, std):
+    if mean is None:
+        return "n/a"
+    return f"{mean:.3f} ± {std:.3f}" if std else f"{mean:.3f}"
+
+
+def report(results: dict) -> str:
+    """results.md: the table beside the published numbers, claims, Figure 4, discovery."""
+    lines = [f"# Results: preset `{results['preset']}`", "",
+             f"Produced by `python -m core reproduce --preset {results['preset']}` in "
+             f"{results['seconds'] / 60:.1f} minutes. Sizes: {results['note']}.", "",
+             "## Rollout RMSE (mean ± std over seeds; 20-step rollouts, velocity units)", "",
+             "| scenario | model | group | future RMSE | domain RMSE | equivariance error | "
+             "published future / domain |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results["table"], key=lambda r: (r["scenario"], r["model"])):
+        pub = PUBLISHED.get((r["scenario"], r["model"]))
+        eq = "n/a" if r["equivariance_error"] is None else f"{r['equivariance_error']:.3g}"
+        lines.append(f"| {r['scenario']} | {r['model']} | {r['group'] or '-'} | "
+                     f"{_fmt(r['future_mean'], r['future_std'])} | "
+                     f"{_fmt(r['domain_mean'], r['domain_std'])} | {eq} | "
+                     f"{'%.2f / %.2f' % pub if pub else ''} |"
+                     + (f" ({r['failed']} failed)" if r["failed"] else ""))
+    lines += ["", "## Do relaxed models beat both the free CNN and the strict model?", ""]
+    for key, c in sorted(results["claims"].items()):
+        verdict = "**yes**" if c["holds"] else "**no**"
+        lines.append(f"- {key}: {verdict}: best relaxed ({c['relaxed']}) {c['relaxed_rmse']:.3f}, "
+                     f"best strict {c['best_strict']:.3f}, free CNN {c['free']:.3f}")
+    lines += ["", "## Figure 4: model against data equivariance error", "",
+              "| level | data error | " + " | ".join(
+                  sorted({r["model"] for r in results["levels"]})) + " |",
+              "|---|---|" + "---|" * len({r["model"] for r in results["levels"]})]
+    levels = sorted({r["level"] for r in results["levels"]})
+    models = sorted({r["model"] for r in results["levels"]})
+    for level in levels:
+        rows = {r["model"]: r for r in results["levels"] if r["level"] == level}
+        data = next(iter(rows.values()))["data_error"]
+        cells = [("n/a" if rows.get(m, {}).get("model_error") is None
+                  else f"{rows[m]['model_error']:.3f}") for m in models]
+        lines.append(f"| {level} | {data:.3f} | " + " | ".join(cells) + " |")
+    d = results["discovery"]
+    lines += ["", "## Discovery", ""]
+    if "boundary" in d:
+        b = d["boundary"]
+        lines.append(f"- (a) translation: the largest spatial gradient of the relaxed weights is "
+                     f"at x = {b['found_x']:.1f} (true buoyancy boundary x = {b['true_x']:.0f}; "
+                     f"off by {b['error_cells']:.1f} cells).")
+    if "direction" in d:
+        r = d["direction"]
+        dev = ", ".join(f"{k} {v:+.2e}" for k, v in r["deviation"].items())
+        lines.append(f"- (b) rotation, top inflow stronger (breaking 4): mean weight deviation per "
+                     f"element {dev}; the largest is {r['strongest']} (the stronger inflow is "
+                     f"the bottom plume turned by {r['stronger_inflow']}); breaking score "
+                     f"{r['breaking_score']:.3g}.")
+    if "symmetric" in d:
+        lines.append(f"- (c) rotation at breaking 0 (orbit batches): breaking score "
+                     f"{d['symmetric']['breaking_score']:.2e}.")
+    return "\n".join(lines) + "\n"
+
+
+def _figures(results: dict, out: Path) -> None:
+    """HTML figures when the dashboard packages are installed (core itself needs none)."""
+    try:
+        import holoviews as hv
+
+        from dashboard import plots
+    except ImportError:
+        return
+    hv.extension("bokeh", logo=False)
+    points = [dict(data_error=r["data_error"], model_error=r["model_error"], model=r["model"])
+              for r in results["levels"] if r["model_error"] is not None]
+    hv.save(plots.equivariance_vs_data(points), out / "figure4.html")
+    for scenario in {r["scenario"] for r in results["table"]}:
+        rows = [r for r in results["table"] if r["scenario"] == scenario]
+        bars = hv.Bars([(r["model"], r["future_mean"] or np.nan) for r in rows], "model",
+                       "future RMSE").opts(title=f"{scenario}: future RMSE", width=600)
+        hv.save(bars, out / f"rmse-{scenario}.html")
+
+
+__all__ = ["PRESETS", "run", "report"]
