@@ -229,8 +229,9 @@ def _add_model_and_training(p, *, sweep: bool = False) -> None:
     """Arguments shared by `train` and `sweep`."""
     p.add_argument("--data", required=True, metavar="PATH", help="dataset (netCDF)")
     p.add_argument("--model", required=True, metavar="NAME", help="model name, e.g. rgroup")
-    p.add_argument("--group", default=None, metavar="G", help="symmetry group, e.g. C4, D4, SO2, "
-                                                               "translation")
+    p.add_argument("--group", default=None, metavar="G",
+                   help="symmetry group, e.g. C4, D4, SO2, translation, scale "
+                        "(scale:1,1.5,2 for other scale factors)")
     if not sweep:
         p.add_argument("--num-banks", type=_positive, default=1, metavar="L")
         p.add_argument("--alpha", type=float, default=0.0, metavar="A")

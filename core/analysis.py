@@ -7,8 +7,8 @@ quantity, so it can be plotted or tabulated directly.
 * :func:`equivariance_error`: ``|f(g.x) - g.f(x)|`` per group element.
 * :func:`irrep_decomposition`, :func:`breaking_score`, :func:`invariant_subgroup`: what the relaxed
   weights ``w[l, g]`` of a group convolution say about the broken symmetry.
-* :func:`breaking_analysis`: all relaxed layers of a model at once (group, translation or
-  steerable relaxation), and :func:`boundary_location` for translation weight maps.
+* :func:`breaking_analysis`: all relaxed layers of a model at once (group, translation,
+  steerable or scale relaxation), and :func:`boundary_location` for translation weight maps.
 
 Irreducible representations (real) used for functions on C_n and D_n
 --------------------------------------------------------------------
@@ -44,15 +44,15 @@ import xarray as xr
 
 from .datasets import DatasetError, WindowDataset
 from .devices import resolve_device
-from .groups import (Element, Group, SO2Group, TranslationGroup, _PlanarGroup, get_group,
-                     transform_field)
+from .groups import (Element, Group, ScaleGroup, SO2Group, TranslationGroup, _PlanarGroup,
+                     get_group, transform_field)
 
 __all__ = [
     "rollout_rmse", "equivariance_error", "irreps", "irrep_projectors", "irrep_decomposition",
     "breaking_score", "invariant_subgroup", "breaking_analysis", "boundary_location",
 ]
 
-KINDS = ("group", "translation", "steerable", "other", "none")
+KINDS = ("group", "translation", "steerable", "scale", "other", "none")
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -157,6 +157,8 @@ def _test_elements(group: Group, shape: Sequence[int]) -> list:
         return group.elements()
     if isinstance(group, SO2Group):
         return [Element(k * math.pi / 4) for k in range(8)]
+    if isinstance(group, ScaleGroup):
+        return group.elements()
     h, w = shape[-2:]
     sy, sx = max(1, h // 8), max(1, w // 8)
     return [(0, 0), (0, sx), (sy, 0), (0, 2 * sx), (2 * sy, 2 * sx)]
@@ -165,6 +167,8 @@ def _test_elements(group: Group, shape: Sequence[int]) -> list:
 def _label(group: Group, g) -> str:
     if isinstance(group, TranslationGroup):
         return f"{int(g[0])},{int(g[1])}"
+    if isinstance(group, ScaleGroup):
+        return f"x{float(g):g}"
     if isinstance(g, int):
         g = group.elements()[g]
     if not isinstance(g, Element):
@@ -175,6 +179,8 @@ def _label(group: Group, g) -> str:
 def _is_identity(group: Group, g, shape: Sequence[int]) -> bool:
     if isinstance(group, TranslationGroup):
         return int(g[0]) % shape[-2] == 0 and int(g[1]) % shape[-1] == 0
+    if isinstance(group, ScaleGroup):
+        return float(g) == 1.0
     if isinstance(g, int):
         g = group.elements()[g]
     if not isinstance(g, Element):
@@ -191,11 +197,14 @@ def equivariance_error(model: torch.nn.Module, inputs: torch.Tensor, group,
     ``g`` acting on velocity stacks by :func:`core.groups.transform_field` (grid moved, vectors
     turned). Elements: every element of C_n/D_n; for "SO2" the 8 rotations by multiples of
     45 degrees (odd multiples are interpolated, so their error includes resampling); for
-    "translation" periodic shifts ``(dy, dx)`` of 0, 1/8 and 1/4 of the grid. ``elements``
-    overrides that list (Elements, indices, angles or (dy, dx) pairs).
+    "translation" periodic shifts ``(dy, dx)`` of 0, 1/8 and 1/4 of the grid; for "scale" the
+    group's scale factors (zoom about the centre and velocity times the factor: every factor but
+    1 is interpolated, and the zoom pushes the outer part of the input off the grid, so the
+    error includes resampling and the model's own border effects). ``elements`` overrides that
+    list (Elements, indices, angles, (dy, dx) pairs or scale factors).
 
     Returns a Dataset with ``relative`` and ``absolute`` over ``element`` (labels such as "rot90",
-    "rot0+flip" or "dy,dx"); attrs ``group``, ``definition``, ``mean`` and ``mean_absolute``
+    "rot0+flip", "dy,dx" or "x2"); attrs ``group``, ``definition``, ``mean`` and ``mean_absolute``
     (means over the non-identity elements).
     """
     group = get_group(group)
@@ -220,8 +229,9 @@ def equivariance_error(model: torch.nn.Module, inputs: torch.Tensor, group,
         model.train(was_training)
     rel, ab = np.asarray(relative), np.asarray(absolute)
     keep = ~np.asarray(identity, dtype=bool)
-    interpolated = [lab for lab, g in zip(labels, elements)
-                    if isinstance(g, Element) and not g.is_exact]
+    interpolated = [lab for lab, g, ident in zip(labels, elements, identity)
+                    if (isinstance(g, Element) and not g.is_exact)
+                    or (isinstance(group, ScaleGroup) and not ident)]
     return xr.Dataset(
         {"relative": ("element", rel, dict(long_name="relative equivariance error",
                                            definition="RMS(f(g.x) - g.f(x)) / RMS(g.f(x))")),
@@ -353,13 +363,16 @@ def invariant_subgroup(weights, group, tol: float = 1e-6) -> list[str]:
 
 # ------------------------------------------------------------------------------------ per model
 def _layer_kind(module) -> str:
-    from .nn import RelaxedGroupConv, RelaxedSteerableConv, RelaxedTranslationConv
+    from .nn import (RelaxedGroupConv, RelaxedScaleConv, RelaxedSteerableConv,
+                     RelaxedTranslationConv)
     if isinstance(module, RelaxedGroupConv):
         return "group"
     if isinstance(module, RelaxedTranslationConv):
         return "translation"
     if isinstance(module, RelaxedSteerableConv):
         return "steerable"
+    if isinstance(module, RelaxedScaleConv):
+        return "scale"
     return "other"
 
 
@@ -493,6 +506,81 @@ def _steerable_analysis(layers) -> xr.Dataset:
         attrs=dict(breaking_score=var_sum / ms_sum if ms_sum > 0 else 0.0))
 
 
+def _scale_analysis(layers) -> xr.Dataset:
+    """Statistics over the entries inside each scale's support only (the others never move)."""
+    names = [n for n, _, _ in layers]
+    scales = {tuple(m.scales) for _, m, _ in layers}
+    grids = {int(m.grid) for _, m, _ in layers}
+    if len(scales) != 1 or len(grids) != 1:
+        raise ValueError(f"scale layers have different scales or kernel grids: {sorted(scales)}, "
+                         f"{sorted(grids)}")
+    scales, K = scales.pop(), grids.pop()
+    S = len(scales)
+    scale_var, offset_maps, totals, scale_parts, offset_parts = [], [], [], [], []
+    for _, m, w in layers:
+        mask = m.support.to("cpu").reshape(S, K * K)  # [S, K*K] bool
+        count = mask.sum(1).to(torch.float64)  # supported offsets per scale
+        P = float(count.sum())
+        w = w.expand(-1, S, K, K).reshape(w.shape[0], S, K * K)
+        total = float((w.pow(2) * mask).sum() / P)  # sum_b mean_P w_b^2
+        # shift by a supported entry first: constant coefficients give exact zeros below
+        ref = w.flatten(1)[:, int(mask.flatten().nonzero()[0])][:, None, None]
+        v = torch.where(mask, w - ref, torch.zeros_like(w))
+        mean = v.sum((1, 2), keepdim=True) / P  # m_b
+        per_scale = v.sum(2, keepdim=True) / count[:, None] - mean  # a[b, s]
+        within = torch.where(mask, v - mean - per_scale, torch.zeros_like(v))
+        s_part = float((per_scale.pow(2)[..., 0] * count).sum() / P)
+        o_part = float(within.pow(2).sum() / P)
+        rms = math.sqrt(total / w.shape[0]) if total > 0 else 0.0
+        if rms > 0:
+            scale_var.append((per_scale[..., 0].pow(2).mean(0).sqrt() / rms).numpy())
+            hits = mask.sum(0)  # scales supporting each offset
+            with np.errstate(invalid="ignore", divide="ignore"):
+                omap = (within.pow(2).sum((0, 1)) / (hits * w.shape[0])).sqrt() / rms
+            offset_maps.append(torch.where(hits > 0, omap, torch.nan).view(K, K).numpy())
+        else:
+            scale_var.append(np.zeros(S))
+            offset_maps.append(np.where(mask.any(0).view(K, K).numpy(), 0.0, np.nan))
+        totals.append(total)
+        scale_parts.append(s_part)
+        offset_parts.append(o_part)
+    totals, sp, op = np.asarray(totals), np.asarray(scale_parts), np.asarray(offset_parts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s_score = np.where(totals > 0, sp / totals, 0.0)
+        o_score = np.where(totals > 0, op / totals, 0.0)
+    T = totals.sum()
+    offsets = np.arange(-(K // 2), K // 2 + 1)
+    return xr.Dataset(
+        {"scale_variation": (("layer", "scale"), np.stack(scale_var),
+                             dict(long_name="variation across scales",
+                                  definition="sqrt(mean over coefficients b of (mean_z w_b(s, z) "
+                                             "- mean_{s,z} w_b)^2) / RMS(w), z over the support "
+                                             "of scale s")),
+         "offset_variation": (("layer", "ky", "kx"), np.stack(offset_maps),
+                              dict(long_name="variation per kernel offset",
+                                   definition="sqrt(mean over b and the scales s supporting z of "
+                                              "(w_b(s, z) - mean_z w_b(s, .))^2) / RMS(w); NaN "
+                                              "where no scale reaches z")),
+         "scale_score": ("layer", s_score,
+                         dict(long_name="breaking across scales",
+                              definition="sum_b mean_{s,z} (mean_z w_b(s, .) - mean w_b)^2 / "
+                                         "sum_b mean(w_b^2)")),
+         "offset_score": ("layer", o_score,
+                          dict(long_name="breaking across offsets",
+                               definition="sum_b mean_{s,z} (w_b(s, z) - mean_z w_b(s, .))^2 / "
+                                          "sum_b mean(w_b^2)")),
+         "breaking_score": ("layer", s_score + o_score,
+                            dict(long_name="symmetry-breaking score",
+                                 definition="sum_b var_{s,z}(w_b) / sum_b mean(w_b^2) = "
+                                            "scale_score + offset_score (means over the "
+                                            "supported (s, z))"))},
+        coords={"layer": names, "scale": np.asarray(scales, dtype=np.float64),
+                "ky": offsets, "kx": offsets},
+        attrs=dict(breaking_score=float((sp.sum() + op.sum()) / T) if T > 0 else 0.0,
+                   scale_score=float(sp.sum() / T) if T > 0 else 0.0,
+                   offset_score=float(op.sum() / T) if T > 0 else 0.0))
+
+
 def _other_score(module, w: torch.Tensor) -> float:
     """Non-symmetric energy fraction where the layer defines one, else NaN (see breaking_analysis)."""
     from .nn import LocallyConnected2d
@@ -557,6 +645,15 @@ def breaking_analysis(model: torch.nn.Module) -> xr.Dataset:
     * "steerable" (rsteer; coefficients ``[n, k*k]`` per kernel offset): ``coefficients``,
       ``variation`` = mean over coefficients of std / RMS across offsets, ``offset_variation``
       (layer, ky, kx) and ``breaking_score`` = variance / mean square across offsets.
+    * "scale" (rsteer with group "scale"; coefficients ``w_b(s, z)`` ``[n, S, K, K]`` per scale
+      and kernel offset; only the entries inside each scale's support count):
+      ``scale_variation`` (layer, scale) = RMS over coefficients of (scale s's mean coefficient
+      - the overall mean), relative to RMS(w); ``offset_variation`` (layer, ky, kx) = RMS
+      deviation of each offset from its scale's mean (NaN where no scale reaches);
+      ``breaking_score`` = variance / mean square over scales and offsets, split exactly into
+      ``scale_score`` (the part carried by per-scale means) + ``offset_score`` (the part
+      varying over offsets within a scale); attrs ``scale_score``/``offset_score`` pool the
+      layers. The raw coefficients are ``model.relaxed_weights()``.
     * "other" (rpp free paths, lift context head, combo free layers, constrained locally
       connected kernels): per layer ``norm``, ``rms``, the layer's own ``penalty`` and a
       ``breaking_score`` where one is defined (combo: energy share outside the equivariant
@@ -581,6 +678,8 @@ def breaking_analysis(model: torch.nn.Module) -> xr.Dataset:
         ds = _translation_analysis(layers)
     elif kind == "steerable":
         ds = _steerable_analysis(layers)
+    elif kind == "scale":
+        ds = _scale_analysis(layers)
     else:
         ds = _other_analysis(layers)
     ds.attrs.update(base, kind=kind)

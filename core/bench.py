@@ -47,6 +47,8 @@ ENTRIES: dict[str, tuple[str, str | None, bool]] = {
     "rgroup-translation": ("rgroup", "translation", True),
     "steer": ("steer", "C4", False),
     "rsteer": ("rsteer", "C4", False),
+    "steer-scale": ("steer", "scale", False),
+    "rsteer-scale": ("rsteer", "scale", False),
     "rpp": ("rpp", "C4", False),
     "lift": ("lift", "C4", False),
     "combo": ("combo", "C4", False),
@@ -75,6 +77,7 @@ for _label, _like in (("paper-conv", "conv"), ("paper-rgroup-translation", "rgro
 STRICT = {
     "rgroup": "gconv", "naive-rgroup": "gconv", "rpp": "gconv", "lift": "gconv", "combo": "gconv",
     "rsteer": "steer", "rgroup-translation": "conv", "constrained": "conv",
+    "rsteer-scale": "steer-scale",
 }
 
 # The speed targets for the relaxed C4 group conv: (kind, limit) against strict gconv C4.

@@ -234,7 +234,8 @@ class ScaleGroup(Group):
         try:
             values = [float(v) for v in scales]
         except (TypeError, ValueError):
-            raise ValueError(f"scales must be a sequence of positive numbers, got {scales!r}") from None
+            raise ValueError(
+                f"scales must be a sequence of positive numbers, got {scales!r}") from None
         if not values or not all(math.isfinite(v) and v > 0 for v in values):
             raise ValueError(f"scales must be positive finite numbers, got {scales!r}")
         if 1.0 not in values:

@@ -283,9 +283,10 @@ class ScaleNet(ZooModel):
     dilated to each scale), ReLU after every hidden layer; the last layer is a scale conv to one
     (u, v) pair per scale, averaged over the scales (the pooled projection). No biases anywhere,
     so the network is positively homogeneous: ``net(a x) = a net(x)`` for ``a > 0`` exactly,
-    which is the magnitude part of the scale action on velocity fields. The zoom part is
-    equivariant in the continuum for the scales inside the window; on the grid, and for zooms
-    that carry scales out of the truncated window, it is approximate (measured, not assumed).
+    which is the magnitude part of the scale action on velocity fields. A zoom maps the per-scale
+    paths onto each other (:meth:`per_scale`), up to the grid; the output averages the paths over
+    a truncated window of scales, which a zoom shifts, so the model as a whole is only
+    approximately zoom-equivariant (measured and reported in the tests, never assumed).
     rsteer relaxes every layer (coefficients per scale and kernel offset, started constant).
     """
 
@@ -306,6 +307,17 @@ class ScaleNet(ZooModel):
 
     def forward(self, x):
         return self.net(x)
+
+    def per_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """What each scale path predicts, ``[B, S, 2, H, W]`` (scales ascending); ``forward`` is
+        its mean over the scale axis. Under a zoom by ``a`` that maps scale ``s`` of the window
+        onto scale ``a s`` (e.g. 1 -> 2 for a = 2), path ``a s`` of the zoomed input is the zoom
+        of path ``s`` of the original: the equivariance of the scale layers themselves, which
+        the mean over a truncated window of scales only approximates."""
+        *hidden, last = [m for m in self.net if isinstance(m, RelaxedScaleConv)]
+        for layer in hidden:
+            x = F.relu(layer(x))
+        return last.per_scale(x).unflatten(1, (len(self.scales), -1))
 
 
 def _positive_int(spec, key, minimum=1):

@@ -151,6 +151,10 @@ def weights_heatmaps(analysis: xr.Dataset,
       colours symmetric about the map's mean; ``boundary_x`` draws a dashed vertical line at a
       known breaking location.
     * "steerable": one Image per layer of ``offset_variation`` over kernel offsets (kx, ky).
+    * "scale": one HeatMap, x = scale factor, y = layer, colour = ``scale_variation`` (how far
+      each scale's coefficients sit from their mean over scales, relative to the layer's RMS;
+      a strict-equivalent layer is 0 everywhere), plus one Image per layer of
+      ``offset_variation`` over kernel offsets.
     * "other": Bars of the per-layer weight norm; "none" or anything else: a Text panel.
     """
     kind = _kind(analysis)
@@ -160,6 +164,8 @@ def weights_heatmaps(analysis: xr.Dataset,
         return _translation_maps(analysis, boundary_x)
     if kind == "steerable" and "offset_variation" in analysis:
         return _steerable_maps(analysis)
+    if kind == "scale" and "scale_variation" in analysis:
+        return _scale_maps(analysis)
     if kind == "other" and "norm" in analysis:
         return _norm_bars(analysis)
     if kind == "none":
@@ -255,6 +261,27 @@ def _steerable_maps(analysis: xr.Dataset) -> hv.Layout | hv.Element:
     return _layout(panels, 3)
 
 
+def _scale_maps(analysis: xr.Dataset) -> hv.Layout | hv.Element:
+    sv = analysis["scale_variation"].transpose("layer", "scale")
+    layers = [str(n) for n in sv["layer"].values]
+    scales = [f"x{float(s):g}" for s in sv["scale"].values]
+    z = _floats(sv.values)
+    rows = [(scales[j], layers[i], float(z[i, j]))
+            for i in range(len(layers)) for j in range(len(scales)) if math.isfinite(z[i, j])]
+    title = (f"{_model_name(analysis)}: variation across scales "
+             f"(score {_score(analysis.attrs.get('scale_score'))})")
+    if not rows:
+        return message("n/a: no finite coefficients", title)
+    heat = hv.HeatMap(rows, kdims=[hv.Dimension("scale", label="scale factor"),
+                                   hv.Dimension("layer")],
+                      vdims=[hv.Dimension("variation", label="variation across scales")]).opts(
+        cmap=SEQUENTIAL, clim=(0.0, max(_peak(z), TINY)), colorbar=True, tools=["hover"],
+        title=title, xlabel="scale factor", ylabel="layer", invert_yaxis=True, **_SIZE)
+    offsets = _steerable_maps(analysis)
+    panels = [heat] + (list(offsets) if isinstance(offsets, hv.Layout) else [offsets])
+    return _layout(panels, 2)
+
+
 def _norm_bars(analysis: xr.Dataset) -> hv.Element:
     layers = [str(n) for n in analysis["layer"].values]
     norms = _floats(analysis["norm"].values)
@@ -271,8 +298,10 @@ def breaking_bars(analysis: xr.Dataset) -> hv.Element:
     """Symmetry breaking per layer, from :func:`core.analysis.breaking_analysis`.
 
     "group": stacked Bars of the irrep energy fraction (energy / total) per layer, the model's
-    breaking score in the title. Other kinds: the per-layer ``breaking_score`` as Bars (layers
-    without a score, e.g. zero-started rpp paths, are left out). No layers: a Text panel.
+    breaking score in the title. "scale": stacked Bars of the per-layer score split into its
+    part across scales and its part across kernel offsets (they add up to the breaking score).
+    Other kinds: the per-layer ``breaking_score`` as Bars (layers without a score, e.g.
+    zero-started rpp paths, are left out). No layers: a Text panel.
     """
     kind = _kind(analysis)
     if kind is None:
@@ -296,6 +325,19 @@ def breaking_bars(analysis: xr.Dataset) -> hv.Element:
                               hv.Dimension("energy", label="irrep energy")]).opts(
             stacked=True, tools=["hover"], title=title, xlabel="layer",
             ylabel="irrep energy fraction", legend_position="right", **_SIZE)
+    if kind == "scale" and {"scale_score", "offset_score"} <= set(analysis.data_vars):
+        rows = []
+        for i, layer in enumerate(analysis["layer"].values):
+            for part, var in (("across scales", "scale_score"), ("across offsets", "offset_score")):
+                v = _num(analysis[var].values[i])
+                if math.isfinite(v):
+                    rows.append((str(layer), part, v))
+        if not rows:
+            return message("n/a: no finite scores", title)
+        return hv.Bars(rows, kdims=[hv.Dimension("layer"), hv.Dimension("part")],
+                       vdims=[hv.Dimension("score", label="breaking score")]).opts(
+            stacked=True, tools=["hover"], title=title, xlabel="layer", ylabel="breaking score",
+            legend_position="right", **_SIZE)
     if "breaking_score" in analysis.data_vars and analysis["breaking_score"].dims == ("layer",):
         layers = np.asarray([str(n) for n in analysis["layer"].values])
         scores = _floats(analysis["breaking_score"].values)

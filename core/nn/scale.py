@@ -18,16 +18,21 @@ Hermite-Gaussian functions of total order ``n + m <= 2`` (6 functions: the Gauss
 first and three second "derivatives"), ``h_nm(t) = He_n(t_x) He_m(t_y) exp(-|t|^2 / 2) / c_nm``
 with probabilists' Hermite polynomials and ``c_nm`` making ``h_nm`` unit-norm in the continuum.
 At scale ``s`` they are dilated, ``psi_{b,s}(z) = h_b(z / sigma_s) / sigma_s^2`` with
-``sigma_s = sigma0 * s``, and sampled at the integer offsets of a ``K x K`` grid. The ``1 /
-sigma^2`` factor keeps the integral of every dilated function, which is what makes the lifting
-conv commute with zooming in the continuum: for ``f'(y) = f(y / a)``,
-``(f' * psi_{b,s})(x) = (f * psi_{b,s/a})(x / a)``.
+``sigma_s = sigma0 s / min(scales)``, cut to the disc ``|z| <= 3 sigma_s`` and sampled at the
+integer offsets of a ``K x K`` grid. The ``1 / sigma^2`` factor keeps the integral of every
+dilated function, which is what makes the lifting conv commute with zooming in the continuum:
+for ``f'(y) = f(y / a)``, ``(f' * psi_{b,s})(x) = (f * psi_{b,s/a})(x / a)``. Sampling a narrow
+Gaussian changes its moments (the sampled second-order functions at sigma = 0.5 cell are far
+from zero-sum), so each scale's sampled functions are re-mixed within their own span until
+their moments up to order 2 equal the continuum ones (:func:`scale_basis`): on inputs that are
+smooth over the kernel, every scale then responds as the continuum filter does.
 
-Sizes: ``kernel_size = k`` (odd) is the support at scale 1, ``sigma0 = 0.5 * (k // 2)``
-(0.5 cell for k = 3, so ``h`` is resolved by the 3 x 3 neighbourhood as a 3 x 3 CNN kernel is),
-and the sampled grid grows with the largest scale: ``K = 2 * ceil((k // 2) * max(scales)) + 1``
-(7 x 7 for k = 3 and scales up to 2.5; the Gaussian is then cut at 2.4 sigma at the largest
-scale, a truncation that is part of why equivariance on the grid is approximate).
+Sizes: ``kernel_size = k`` (odd) is the support at the smallest scale: ``sigma0 = k / 6``, so
+the disc ``|z| <= 3 sigma`` has radius ``k / 2`` there (0.5 cell and the 3 x 3 neighbourhood of
+a 3 x 3 CNN kernel for k = 3 and the default scales). The disc grows with the scale, which keeps
+the cut itself scale-consistent, and the sampled grid holds the largest disc:
+``K = 2 floor(3 sigma_max) + 1`` (7 x 7 for k = 3 and scales up to 2.5). Offsets outside a
+scale's disc are exactly zero at that scale (:func:`scale_support`).
 
 Layers
 ------
@@ -46,15 +51,29 @@ behaviour), and the scale networks have **no biases**: linear convs, ReLU and th
 scales are positively homogeneous, so multiplying the input by ``a > 0`` multiplies every feature
 and the output by ``a`` exactly. The zoom part is then the only approximate part.
 
+What is equivariant. A zoom by ``a`` that maps a scale ``s`` of the window onto a scale ``a s``
+of the window (with the defaults, only 1 -> 2 for a = 2) maps the features at scale ``s`` of
+the original onto the features at scale ``a s`` of the zoomed input, layer after layer, up to
+the grid (sampling, bilinear resampling of the zoom, borders). The pooled output averages over
+a *truncated* window of scales, which a zoom shifts: it is not equivariant even in the
+continuum, and a 2x zoom of a 1 .. 2.5 window leaves little overlap. Tests measure both
+(``tests/core/test_scale.py``); ``core.models.ScaleNet.per_scale`` exposes the per-scale
+predictions.
+
 Relaxation
 ----------
 Coefficients ``w[o, i, t, b](s, z)`` may vary with the scale ``s`` and with the kernel offset
 ``z``: ``K_s(z) = sum_b w_b(s, z) psi_{b,s}(z)``. They start constant over both (the strict
 layer, to the last bit), and ``symmetry_penalty()`` is
-``R = mean |w(s+1, z) - w(s, z)| + mean |w(s, z') - w(s, z)|`` over neighbouring scales and
-neighbouring offsets (each term a mean over its neighbour pairs), zero exactly when the
-coefficients are constant over scales and offsets. ``relaxed_weight`` is that parameter,
-``[n_coefficients, S, K, K]``. The strict layer stores ``[n_coefficients, 1, 1, 1]``.
+``R = mean |w(s+1, z) - w(s, z)| + mean |w(s, z + e_y) - w(s, z)|
++ mean |w(s, z + e_x) - w(s, z)|``, each a mean over the neighbour pairs (and coefficients)
+inside the support, zero exactly when the coefficients are constant over scales and offsets.
+Entries outside a scale's support multiply a zero basis value: they get no gradient from the
+loss or the penalty and take no part in the breaking analysis, so optimisers that normalise
+gradients (Adam) cannot turn tiny, meaningless gradients there into spurious breaking (weight
+decay may shrink them, which changes no kernel and no score).
+``relaxed_weight`` is the parameter, ``[n_coefficients, S, K, K]``; the strict layer stores
+``[n_coefficients, 1, 1, 1]``.
 
 The expansion (basis x coefficients, and the placement of scale taps) is one einsum and every
 forward is one conv2d; the kernel is cached in eval mode (:class:`CachedKernel`).
@@ -70,12 +89,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import CachedKernel, neighbour_abs_difference
+from .cache import CachedKernel
 
 IN_REPS = ("scalar", "scale")
 OUT_REPS = ("scale", "pooled")
 MAX_ORDER = 2
-SIGMA_PER_RADIUS = 0.5
+CUT = 3.0  # every basis function is cut at |z| = CUT sigma_s
 
 
 def _hermite(n: int, t: np.ndarray) -> np.ndarray:
@@ -89,25 +108,63 @@ def basis_orders(max_order: int = MAX_ORDER) -> list[tuple[int, int]]:
 
 
 def sigma0_for(kernel_size: int) -> float:
-    """The Gaussian width at scale 1 for a ``kernel_size`` layer (module docstring)."""
-    return SIGMA_PER_RADIUS * max(kernel_size // 2, 1)
+    """The Gaussian width at the smallest scale for a ``kernel_size`` layer: ``kernel_size / 6``,
+    so the support disc ``|z| <= 3 sigma`` has radius ``kernel_size / 2`` (module docstring)."""
+    return kernel_size / (2 * CUT)
 
 
-def grid_size(kernel_size: int, scales: Sequence[float]) -> int:
-    """Side ``K`` of the sampled kernel grid, large enough for the largest scale."""
-    return 2 * math.ceil(kernel_size // 2 * max(scales) - 1e-9) + 1
+def sigmas(scales: Sequence[float], kernel_size: int, sigma0: float | None = None) -> list[float]:
+    """``sigma_s = sigma0 * s / min(scales)`` in cells, one per scale (in the given order)."""
+    sigma0 = sigma0_for(kernel_size) if sigma0 is None else float(sigma0)
+    smallest = min(float(s) for s in scales)
+    return [sigma0 * float(s) / smallest for s in scales]
+
+
+def grid_size(kernel_size: int, scales: Sequence[float], sigma0: float | None = None) -> int:
+    """Side ``K`` of the sampled kernel grid: it holds the support disc of the largest scale."""
+    return 2 * math.floor(CUT * max(sigmas(scales, kernel_size, sigma0)) + 1e-9) + 1
+
+
+def scale_support(scales: tuple[float, ...], kernel_size: int,
+                  sigma0: float | None = None) -> torch.Tensor:
+    """``[S, K, K]`` bool: offsets ``z`` with ``|z| <= 3 sigma_s`` at each scale."""
+    K = grid_size(kernel_size, scales, sigma0)
+    r = torch.arange(K, dtype=torch.float64) - K // 2
+    dist = (r[:, None] ** 2 + r[None, :] ** 2).sqrt()
+    widths = sigmas(scales, kernel_size, sigma0)
+    return torch.stack([dist <= CUT * sigma + 1e-9 for sigma in widths])
+
+
+def _moments_1d(max_order: int) -> np.ndarray:
+    """``I[n, a] = int t^a He_n(t) exp(-t^2 / 2) dt`` (Gauss-Hermite quadrature, exact)."""
+    nodes, weights = np.polynomial.hermite_e.hermegauss(16)
+    return np.array([[float((weights * nodes ** a * _hermite(n, nodes)).sum())
+                      for a in range(max_order + 1)] for n in range(max_order + 1)])
 
 
 @lru_cache(maxsize=32)
-def scale_basis(scales: tuple[float, ...], kernel_size: int,
-                sigma0: float | None = None) -> torch.Tensor:
+def scale_basis(scales: tuple[float, ...], kernel_size: int, sigma0: float | None = None,
+                match_moments: bool = True) -> torch.Tensor:
     """Hermite-Gaussian basis ``[B, S, K, K]`` (float64): ``psi_{b,s}(z) = h_b(z / sigma_s) /
-    sigma_s^2`` sampled at integer offsets ``z = (x, y)`` (row index = y, column = x), scales
-    in the given order. ``B = 6`` (orders up to 2), or 1 for ``kernel_size = 1``."""
+    sigma_s^2`` (``sigma_s = sigma0 s / min(scales)``, :func:`sigmas`) sampled at the integer
+    offsets ``z = (x, y)`` (row index = y, column = x) inside the support disc
+    ``|z| <= 3 sigma_s`` and zero outside, scales in the given order. ``B = 6`` (orders up to
+    2), or 1 for ``kernel_size = 1``. Cached: treat the result as read-only.
+
+    Sampling a narrow Gaussian on the integer grid (and cutting it at 3 sigma) changes its
+    moments: e.g. the sampled second-order functions at sigma = 0.5 are far from zero-sum. With
+    ``match_moments`` each scale's sampled functions are re-mixed by a 6 x 6 change of basis
+    ``T_s`` (within their own span) so that their moments up to order 2 equal the continuum ones,
+    ``sum_z z^alpha psi_{b,s}(z) = sigma_s^|alpha| int t^alpha h_b(t) dt``. On inputs that are
+    smooth over the kernel (second-order Taylor expansion accurate) every scale then responds as
+    the continuum filter does, which is what the scale equivariance of the continuum
+    construction needs. ``match_moments=False`` keeps the plainly sampled functions.
+    """
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size}")
-    sigma0 = sigma0_for(kernel_size) if sigma0 is None else float(sigma0)
-    K = grid_size(kernel_size, scales)
+    K = grid_size(kernel_size, scales, sigma0)
+    support = scale_support(scales, kernel_size, sigma0).numpy()
+    widths = sigmas(scales, kernel_size, sigma0)
     r = K // 2
     coords = np.arange(-r, r + 1, dtype=np.float64)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
@@ -115,14 +172,28 @@ def scale_basis(scales: tuple[float, ...], kernel_size: int,
     nodes, weights = np.polynomial.hermite.hermgauss(16)
     norm1 = [float((weights * _hermite(n, nodes) ** 2).sum()) for n in range(MAX_ORDER + 1)]
     orders = basis_orders(MAX_ORDER if kernel_size > 1 else 0)
+    moments_1d = _moments_1d(MAX_ORDER)
+    norms = np.array([math.sqrt(norm1[n] * norm1[m]) for n, m in orders])
+    # mu[b, alpha] = int t^alpha h_b(t) dt, alpha over the same (a, c) exponent pairs
+    mu = np.array([[moments_1d[n, a] * moments_1d[m, c] for a, c in orders]
+                   for n, m in orders]) / norms[:, None]
+    total = np.array([a + c for a, c in orders])
+    monomials = np.stack([xx ** a * yy ** c for a, c in orders])  # [alpha, K, K]
     out = np.empty((len(orders), len(scales), K, K))
-    for j, s in enumerate(scales):
-        sigma = sigma0 * float(s)
+    for j, (s, sigma) in enumerate(zip(scales, widths)):
         tx, ty = xx / sigma, yy / sigma
         gauss = np.exp(-(tx ** 2 + ty ** 2) / 2)
-        for b, (n, m) in enumerate(orders):
-            h = _hermite(n, tx) * _hermite(m, ty) * gauss / math.sqrt(norm1[n] * norm1[m])
-            out[b, j] = h / sigma ** 2
+        sampled = np.stack([_hermite(n, tx) * _hermite(m, ty) * gauss
+                            for n, m in orders]) / norms[:, None, None] / sigma ** 2
+        sampled = sampled * support[j]
+        if match_moments:
+            have = np.einsum("byx,ayx->ba", sampled, monomials)  # sampled moments [b, alpha]
+            want = mu * sigma ** total[None, :]
+            if np.linalg.cond(have) > 1e8:
+                raise ValueError(f"scale {s:g} (sigma {sigma:g} cells) is too small to sample "
+                                 f"the basis on a {K}x{K} grid; use larger scales or kernel_size")
+            sampled = np.einsum("bc,cyx->byx", want @ np.linalg.inv(have), sampled)
+        out[:, j] = sampled
     return torch.from_numpy(out)
 
 
@@ -138,7 +209,8 @@ class RelaxedScaleConv(CachedKernel):
 
     def __init__(self, scales: Sequence[float], in_fields: int, out_fields: int,
                  in_rep: str = "scale", out_rep: str = "scale", kernel_size: int = 3,
-                 scale_size: int = 1, relaxed: bool = True, sigma0: float | None = None):
+                 scale_size: int = 1, relaxed: bool = True, sigma0: float | None = None,
+                 match_moments: bool = True):
         super().__init__()
         if in_rep not in IN_REPS:
             raise ValueError(f"in_rep must be one of {IN_REPS}, got {in_rep!r}")
@@ -159,10 +231,15 @@ class RelaxedScaleConv(CachedKernel):
         self.in_rep, self.out_rep = in_rep, out_rep
         self.kernel_size, self.scale_size, self.relaxed = kernel_size, int(scale_size), relaxed
         self.sigma0 = sigma0_for(kernel_size) if sigma0 is None else float(sigma0)
-        basis = scale_basis(scales, kernel_size, self.sigma0)
+        basis = scale_basis(scales, kernel_size, self.sigma0, match_moments)
         self.n_basis, S, self.grid = basis.shape[0], len(scales), basis.shape[-1]
         dtype = torch.get_default_dtype()
-        self.register_buffer("basis", basis.to(dtype), persistent=False)  # [B, S, K, K]
+        self.register_buffer("basis", basis.to(dtype=dtype, copy=True),  # [B, S, K, K]
+                             persistent=False)
+        support = scale_support(scales, kernel_size, self.sigma0)
+        self.register_buffer("support", support, persistent=False)  # [S, K, K] bool
+        for name, pairs in _neighbour_pairs(support).items():
+            self.register_buffer(f"pairs_{name}", pairs, persistent=False)
         # taps[t, s, r] = 1 when output scale s reads input scale r = s + t
         taps = torch.zeros(self.scale_size, S, S, dtype=dtype)
         for t in range(self.scale_size):
@@ -209,8 +286,14 @@ class RelaxedScaleConv(CachedKernel):
 
     def symmetry_penalty(self) -> torch.Tensor:
         """R = mean |w(s+1) - w(s)| over neighbouring scales + mean |w(z') - w(z)| over
-        neighbouring kernel offsets (module docstring); 0 exactly when w is constant."""
-        return neighbour_abs_difference(self.coeff, dims=(-3, -2, -1))
+        neighbouring kernel offsets along y and along x, inside the support (module docstring);
+        0 exactly when w is constant there. 0 for a strict layer."""
+        if not self.relaxed:
+            return self.coeff.new_zeros(())
+        flat = self.coeff.flatten(1)  # [n, S*K*K]
+        terms = [(flat[:, pairs[0]] - flat[:, pairs[1]]).abs().mean()
+                 for pairs in (self.pairs_scale, self.pairs_y, self.pairs_x) if pairs.shape[1]]
+        return torch.stack(terms).sum() if terms else flat.new_zeros(())
 
     def build_kernel(self) -> torch.Tensor:
         O, I, T, B, S, K = (self.out_fields, self.in_fields, self.scale_size, self.n_basis,
@@ -229,6 +312,17 @@ class RelaxedScaleConv(CachedKernel):
         w = torch.einsum("oitbsyx,bsyx,tsr->oriyx", c, self.basis, self.taps) / S
         return w.reshape(O, S * I, K, K)
 
+    def per_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """A pooled layer's output before the mean over scales, ``[B, S * O, H, W]`` (scale-major:
+        what each scale path predicts); for other layers the same as ``forward``. Not cached."""
+        if self.out_rep != "pooled":
+            return self(x)
+        O, I, T, B, S, K = (self.out_fields, self.in_fields, self.scale_size, self.n_basis,
+                            self.num_scales, self.grid)
+        c = self.coeff.expand(-1, S, K, K).view(O, I, T, B, S, K, K)
+        w = torch.einsum("oitbsyx,bsyx,tsr->soriyx", c, self.basis, self.taps)
+        return F.conv2d(x, w.reshape(S * O, S * I, K, K), padding=K // 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-3] != self.in_channels:
             raise ValueError(f"expected {self.in_channels} input channels "
@@ -243,6 +337,16 @@ class RelaxedScaleConv(CachedKernel):
                 f"sigma0={self.sigma0:g}, scale_size={self.scale_size}, relaxed={self.relaxed}")
 
 
-def pool_scales(x: torch.Tensor, num_scales: int) -> torch.Tensor:
-    """Mean over the scale axis of scale-major features ``[B, S * C, H, W]`` -> ``[B, C, H, W]``."""
-    return x.unflatten(-3, (num_scales, -1)).mean(-4)
+def _neighbour_pairs(support: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Flat index pairs ``[2, n_pairs]`` into ``[S * K * K]`` of neighbours that are both inside
+    the support: along the scale axis, along y and along x."""
+    S, K, _ = support.shape
+    idx = torch.arange(S * K * K).view(S, K, K)
+    out = {}
+    for name, dim in (("scale", 0), ("y", 1), ("x", 2)):
+        a = idx.narrow(dim, 0, support.shape[dim] - 1)
+        b = idx.narrow(dim, 1, support.shape[dim] - 1)
+        ok = support.narrow(dim, 0, support.shape[dim] - 1) & support.narrow(dim, 1,
+                                                                            support.shape[dim] - 1)
+        out[name] = torch.stack([a[ok], b[ok]])
+    return out
