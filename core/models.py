@@ -170,15 +170,8 @@ class SymmetrizedConv(nn.Module):
         return F.conv2d(x, self.weight, self.bias, padding=self.padding)
 
 
-class FreePath(nn.Conv2d):
-    """Residual pathway prior's free path: an unconstrained conv started at zero; R = mean |W|."""
-
-    def __init__(self, like: RelaxedGroupConv):
-        g = like.group.order
-        dims = {"regular": g, "vector": 2, "scalar": 1}
-        super().__init__(like.in_fields * dims[like.in_rep], like.out_fields * dims[like.out_rep],
-                         like.kernel_size, padding=like.kernel_size // 2, bias=False)
-        nn.init.zeros_(self.weight)
+class ZeroStarted:
+    """Mixin for symmetry-breaking weights that start at zero: R = mean |W| (0 exactly at init)."""
 
     @property
     def relaxed_weight(self):
@@ -186,6 +179,17 @@ class FreePath(nn.Conv2d):
 
     def symmetry_penalty(self):
         return self.weight.abs().mean()
+
+
+class FreePath(ZeroStarted, nn.Conv2d):
+    """Residual pathway prior's free path: an unconstrained conv started at zero."""
+
+    def __init__(self, like: RelaxedGroupConv):
+        g = like.group.order
+        dims = {"regular": g, "vector": 2, "scalar": 1}
+        super().__init__(like.in_fields * dims[like.in_rep], like.out_fields * dims[like.out_rep],
+                         like.kernel_size, padding=like.kernel_size // 2, bias=False)
+        nn.init.zeros_(self.weight)
 
 
 class GroupNet(ZooModel):
@@ -235,19 +239,12 @@ class GroupNet(ZooModel):
         return x
 
 
-class ContextHead(nn.Linear):
-    """lift's symmetry-breaking context: a bias-free linear map started at zero; R = mean |W|."""
+class ContextHead(ZeroStarted, nn.Linear):
+    """lift's symmetry-breaking context: a bias-free linear map started at zero."""
 
     def __init__(self, in_features, out_features):
         super().__init__(in_features, out_features, bias=False)
         nn.init.zeros_(self.weight)
-
-    @property
-    def relaxed_weight(self):
-        return self.weight
-
-    def symmetry_penalty(self):
-        return self.weight.abs().mean()
 
 
 class SteerableNet(ZooModel):
