@@ -393,7 +393,7 @@ class RunStore:
             atomic_write_json(tmp / SPEC_FILE, spec)
             atomic_write_json(tmp / STATUS_FILE, status)
             os.rename(tmp, path)
-        except OSError as err:
+        except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if path.exists():
                 raise RunError(f"run {run_id!r} already exists in {self.root}") from None

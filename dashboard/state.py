@@ -31,7 +31,6 @@ GROUP_CHOICES = ["translation", "C2", "C4", "C8", "D2", "D4", "SO2", "scale"]
 ALPHA_CHOICES = ["0", "1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1", "1", "10", "strict"]
 STRICT_OF = {"rgroup": "gconv", "rsteer": "steer", "rpp": "gconv", "lift": "gconv",
              "combo": "gconv", "constrained": "conv"}
-RELAXED_MODELS = ("rgroup", "rsteer", "rpp", "lift", "combo", "constrained")
 
 
 def valid_models(group: str | None) -> list[str]:

@@ -22,7 +22,7 @@ from core.datasets import dataset_attrs, read_frames
 from core.errors import SpecError
 
 from . import plots
-from .state import ExperimentState
+from .state import STRICT_OF, ExperimentState
 
 EXPLANATION = """
 **What you are looking at.** A relaxed layer mixes its filter banks with weights that may differ
@@ -472,7 +472,7 @@ class SweepView(RunView):
         same = [r for r in rows if r.get("dataset") == dataset and r["model"] == self.state.model
                 and r.get("group") == self.state.group]
         refs = {}
-        for label, name in (("strict", {"rgroup": "gconv", "rsteer": "steer"}.get(self.state.model)),
+        for label, name in (("strict", STRICT_OF.get(self.state.model, self.state.model)),
                             ("free (conv)", "conv")):
             match = [r["future_rmse"] for r in rows if r["model"] == name
                      and r.get("dataset") == dataset and r.get("future_rmse") is not None]

@@ -360,7 +360,7 @@ def test_metrics_round_trip_and_final_numbers_in_list(store, dataset):
 def test_compare_stacks_final_metrics(store, dataset):
     a = store.create(SPEC, {}, dataset, run_id="a")
     b = store.create(dict(SPEC, name="gconv", num_banks=1, alpha=0.0), {}, dataset, run_id="b")
-    c = store.create(SPEC, {}, dataset, run_id="c")
+    store.create(SPEC, {}, dataset, run_id="c")
     a.write_metrics(_metrics(0.3, 0.5))
     b.write_metrics(_metrics(0.4, extra={"equivariance_error": 1e-7}))
     cmp = store.compare(["b", "a", "c"])
