@@ -49,9 +49,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def refresh(self) -> None:
         """One batched update of everything that watches the run store."""
+        rows = self.state.services.catalog()  # one listing of the run stores per refresh
         with pn.io.hold():
-            self.catalog.poll()
-            self.jobs.poll()
+            self.catalog.poll(rows)
+            self.jobs.poll([r for r in rows if r["store"] == "runs"])
             self.experiment.poll()
 
     def start(self) -> None:

@@ -211,8 +211,9 @@ class JobsView(pn.viewable.Viewer):
             widgets["progress"].value = value
         widgets["cancel"].disabled = row["state"] not in ("queued", "running")
 
-    def poll(self) -> None:
-        rows = self.state.services.store.list()
+    def poll(self, rows: list[dict] | None = None) -> None:
+        """Update from the user run store's rows (listed here unless the caller has them)."""
+        rows = self.state.services.store.list() if rows is None else rows
         recent = [r for r in rows if r["state"] in ("queued", "running")] + \
             [r for r in rows if r["state"] not in ("queued", "running")][-5:]
         for r in rows:  # notifications on transitions
@@ -263,12 +264,14 @@ class RunsCatalog(pn.viewable.Viewer):
         self.confirm.on_click(self._delete)
         self.downloads = pn.Row()
         self._ids: list[str] = []
+        self._opened = False
         self._layout = pn.Column("### Runs", self.table,
                                  pn.Row(self.delete, self.confirm, self.downloads),
                                  sizing_mode="stretch_width")
 
-    def poll(self) -> None:
-        rows = self.state.services.catalog()
+    def poll(self, rows: list[dict] | None = None) -> None:
+        """Update from the catalog's rows (listed here unless the caller has them)."""
+        rows = self.state.services.catalog() if rows is None else rows
         ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
         if ids != self._ids or not frame.equals(self.table.value):
@@ -276,10 +279,11 @@ class RunsCatalog(pn.viewable.Viewer):
             self._ids = ids
             self.table.value = frame
             self.table.selection = selected
-        if not self.state.selected_runs and ids:
+        if not self._opened and ids:  # open on a finished run; later the user decides
             done = [i for i, r in enumerate(rows) if r["state"] == "done"]
-            if done:
+            if done and not self.state.selected_runs:
                 self.table.selection = done[:1]
+            self._opened = bool(done)
 
     def _selected(self, event):
         self.state.selected_runs = [self._ids[i] for i in event.new if i < len(self._ids)]
@@ -378,7 +382,6 @@ class RolloutView(RunView):
     def __init__(self, state=None, **params):
         self.player = pn.widgets.Player(name="rollout step", start=1, end=20, value=1,
                                         loop_policy="loop", interval=400, width=400)
-        self.quantity_widget = None
         super().__init__(state, **params)
 
     def _rollout(self, run):

@@ -109,3 +109,12 @@ def test_jobs_view_trains_and_reports(state):
     jobs = JobsView(state)
     jobs.poll()
     assert any(run_id in str(row.objects[0].object) for row in jobs.rows.objects)
+
+
+def test_catalog_selects_a_run_once_then_leaves_the_choice_to_the_user(state):
+    catalog = RunsCatalog(state)
+    catalog.poll()
+    assert len(state.selected_runs) == 1
+    catalog.table.selection = []
+    catalog.poll()
+    assert state.selected_runs == []
