@@ -219,14 +219,15 @@ class JobManager:
         return "dask" if self._client is not None else "local"
 
     # -- API
-    def submit(self, model_spec: dict, training: dict, dataset_path: str | os.PathLike) -> str:
+    def submit(self, model_spec: dict, training: dict, dataset_path: str | os.PathLike,
+               tags: dict | None = None) -> str:
         """Create a queued run and schedule it; returns the run id. A spec without ``grid`` gets
-        the dataset's."""
+        the dataset's; ``tags`` are stored with the run (see :meth:`RunStore.create`)."""
         from .datasets import dataset_grid
 
         if model_spec.get("grid") is None:
             model_spec = dict(model_spec, grid=dataset_grid(dataset_path))
-        run = self.store.create(model_spec, training, str(dataset_path))
+        run = self.store.create(model_spec, training, str(dataset_path), tags=tags)
         if self._client is not None:
             from distributed import fire_and_forget
 
@@ -300,6 +301,10 @@ class JobManager:
         if cancel_running:
             for run_id in list(self._procs):
                 self.cancel(run_id)
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            # a daemon thread frozen at exit inside a file read can deadlock h5py's finalizers
+            thread.join(timeout=30)
         if self._client is not None:
             self._client.close()
         if self._cluster is not None:
@@ -335,11 +340,10 @@ class JobManager:
                                           error=f"worker process exited with code {proc.returncode}")
             busy = {slot for _, slot in self._procs.values() if slot != "cpu"}
             cpu_busy = sum(1 for _, slot in self._procs.values() if slot == "cpu")
-            queued = [r for r in self.store.list() if r.get("state") == "queued"]
-            for row in sorted(queued, key=lambda r: r.get("created", "")):
-                if row["id"] in self._procs:
+            # spec and status only (no metrics files): oldest first
+            for run in self.store.runs_in_state("queued"):
+                if run.id in self._procs:
                     continue
-                run = self.store.get(row["id"])
                 if self._device_kind(run) == "cuda":
                     free = [s for s in self._slots() if s.startswith("cuda") and s not in busy]
                     if not free:

@@ -3,7 +3,8 @@
 Layout of ``<root>/<run_id>/``
 ------------------------------
 * ``spec.json``: ``{"model": spec, "training": config, "dataset": {"path", "fingerprint"},
-  "created": ISO time}``; ``build_model(**spec)`` rebuilds the architecture.
+  "created": ISO time, "tags": {...} (optional)}``; ``build_model(**spec)`` rebuilds the
+  architecture; tags say what a run belongs to (a discovery and its role).
 * ``weights.safetensors`` (best epoch) and ``last.safetensors`` (latest epoch): safetensors only;
   anything else is refused, nothing is ever unpickled.
 * ``metrics.nc``: an ``xarray.Dataset`` (netCDF, engine h5netcdf): per-epoch variables over the
@@ -41,8 +42,8 @@ from .errors import SpecError
 from .files import atomic_write, atomic_write_json, current_umask
 from .models import ZooModel, build_model
 
-__all__ = ["RunError", "Run", "RunStore", "dataset_fingerprint", "STATES", "WEIGHT_FILES",
-           "FINAL_METRICS"]
+__all__ = ["RunError", "Run", "RunStore", "dataset_fingerprint", "load_weights_file",
+           "load_initial_weights", "STATES", "WEIGHT_FILES", "FINAL_METRICS"]
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 WEIGHT_FILES = {"best": "weights.safetensors", "last": "last.safetensors"}
@@ -58,6 +59,8 @@ _SPEC_FIELDS = tuple(inspect.signature(build_model).parameters)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# folders of a store root that are not runs
+RESERVED = {"discoveries": "discovery records (core.discovery)"}
 
 
 class RunError(ValueError):
@@ -99,6 +102,8 @@ def _check_id(run_id: str) -> str:
     if not isinstance(run_id, str) or ".." in run_id or not _ID.match(run_id):
         raise RunError(f"bad run id {run_id!r}: expected letters, digits, '.', '_' or '-' "
                        "(not leading '.', no '..', no path separators)")
+    if run_id in RESERVED:
+        raise RunError(f"bad run id {run_id!r}: reserved for {RESERVED[run_id]}")
     return run_id
 
 
@@ -162,6 +167,33 @@ def _safetensors_problem(path: Path) -> str | None:
     except (UnicodeDecodeError, json.JSONDecodeError):
         return "header is not JSON"
     return None
+
+
+def load_weights_file(path: str | os.PathLike, which: str = "") -> dict[str, torch.Tensor]:
+    """A state dict from a safetensors file, on CPU; anything else raises RunError (the file is
+    checked before any loader sees it, and nothing is ever unpickled)."""
+    path = Path(path)
+    try:
+        problem = _safetensors_problem(path)
+    except FileNotFoundError:
+        raise RunError(f"{path}: no {which + ' ' if which else ''}weights saved") from None
+    except OSError as err:
+        raise RunError(f"{path}: unreadable ({err})") from None
+    if problem is not None:
+        raise RunError(f"{path}: refused, not a safetensors file ({problem})")
+    try:
+        return load_file(path, device="cpu")
+    except Exception as err:  # safetensors raises its own SafetensorError and others
+        raise RunError(f"{path}: refused, damaged safetensors file "
+                       f"({type(err).__name__}: {err})") from None
+
+
+def load_initial_weights(source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Weights to start training from: a run folder (its best weights) or a safetensors file."""
+    source = Path(source)
+    if source.is_dir():
+        return Run.open(source).load_weights("best")
+    return load_weights_file(source)
 
 
 def dataset_fingerprint(path: str | os.PathLike) -> str:
@@ -280,20 +312,7 @@ class Run:
 
     def load_weights(self, which: str = "best") -> dict[str, torch.Tensor]:
         """The saved state dict, on CPU. Anything but a safetensors file raises RunError."""
-        path = self.weights_path(which)
-        try:
-            problem = _safetensors_problem(path)
-        except FileNotFoundError:
-            raise RunError(f"{path}: no {which} weights saved") from None
-        except OSError as err:
-            raise RunError(f"{path}: unreadable ({err})") from None
-        if problem is not None:
-            raise RunError(f"{path}: refused, not a safetensors file ({problem})")
-        try:
-            return load_file(path, device="cpu")
-        except Exception as err:  # safetensors raises its own SafetensorError and others
-            raise RunError(f"{path}: refused, damaged safetensors file "
-                           f"({type(err).__name__}: {err})") from None
+        return load_weights_file(self.weights_path(which), which)
 
     def load_model(self, which: str = "best", device: str | torch.device = "cpu") -> ZooModel:
         """The model of spec.json with the saved weights (strict), on ``device``, in eval mode."""
@@ -356,9 +375,11 @@ class RunStore:
         return True
 
     def create(self, model_spec: Mapping[str, Any], training: Mapping[str, Any],
-               dataset_path: str | os.PathLike, run_id: str | None = None) -> Run:
+               dataset_path: str | os.PathLike, run_id: str | None = None,
+               tags: Mapping[str, Any] | None = None) -> Run:
         """A new queued run. The spec is built once first, so a bad one raises SpecError and
-        nothing is written; the default id is ``<UTC time>-<model>-<group>-<6 hex>``."""
+        nothing is written; the default id is ``<UTC time>-<model>-<group>-<6 hex>``. ``tags``
+        (JSON) say what the run belongs to, e.g. ``{"discovery": id, "role": "data"}``."""
         model = _build(model_spec)
         if not isinstance(training, Mapping):
             raise RunError(f"training config must be a dict, got {type(training).__name__}")
@@ -384,6 +405,8 @@ class RunStore:
         spec = {"model": model.spec, "training": training,
                 "dataset": {"path": str(dataset), "fingerprint": fingerprint},
                 "created": created}
+        if tags:
+            spec["tags"] = _plain(dict(tags))
         status = {"state": "queued", "progress": 0.0, "epoch": None, "eta_seconds": None,
                   "message": "", "error": None, "device": None, "updated": created}
         # filled under a hidden name, then renamed: listings never see a half-made run
@@ -414,7 +437,8 @@ class RunStore:
         """Every run folder (damaged ones included), oldest first."""
         keyed = []
         for entry in self.root.iterdir():
-            if not (_ID.match(entry.name) and ".." not in entry.name and entry.is_dir()):
+            if not (_ID.match(entry.name) and ".." not in entry.name and entry.is_dir()) \
+                    or entry.name in RESERVED:
                 continue
             run = Run(self.root, entry.name)
             try:

@@ -27,6 +27,7 @@ import xarray as xr
 
 from .datasets import DatasetError, WindowDataset
 from .devices import resolve_device
+from .errors import SpecError
 from .models import build_model
 
 
@@ -52,6 +53,9 @@ class CancelToken:
         return self._cancelled
 
 
+TRAIN_PARAMS = ("all", "shared", "relaxed")
+
+
 @dataclass
 class TrainConfig:
     """Training settings; every field is JSON-friendly and stored with a run."""
@@ -70,6 +74,9 @@ class TrainConfig:
     batches_per_epoch: int | None = None  # cap (random subset each epoch) for quick runs
     valid_samples: int | None = 512  # cap on validation windows (evenly spaced), None = all
     orbit_batches: bool = False  # batches of whole group orbits (see Trainer)
+    relaxed_lr: float | None = None  # learning rate of the relaxed weights; None = lr
+    train_params: str = "all"  # "all", "shared" (relaxed weights frozen) or "relaxed" (only them)
+    init_weights: str | None = None  # a run folder or .safetensors file to start from
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -93,6 +100,16 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.relaxed_lr is not None and not (isinstance(self.relaxed_lr, (int, float))
+                                                and math.isfinite(self.relaxed_lr)
+                                                and self.relaxed_lr > 0):
+            raise ValueError(f"relaxed_lr must be None or a positive number, got "
+                             f"{self.relaxed_lr!r}")
+        if self.train_params not in TRAIN_PARAMS:
+            raise ValueError(f"train_params must be one of {', '.join(TRAIN_PARAMS)}, got "
+                             f"{self.train_params!r}")
+        if self.init_weights is not None and not isinstance(self.init_weights, str):
+            raise ValueError(f"init_weights must be None or a path, got {self.init_weights!r}")
         for name in ("batches_per_epoch", "valid_samples"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -177,7 +194,15 @@ class Trainer:
         self.spec["grid"] = grid
         self.orbits = ds["orbit"].values if "orbit" in ds.coords else None
         torch.manual_seed(self.config.seed)
-        self.model = build_model(**self.spec).to(self.device)
+        self.model = build_model(**self.spec)
+        if self.config.init_weights:
+            from .runs import load_initial_weights
+            try:
+                self.model.load_state_dict(load_initial_weights(self.config.init_weights))
+            except RuntimeError as err:
+                raise ValueError(f"init_weights {self.config.init_weights}: does not fit the "
+                                 f"model ({err})") from None
+        self.model = self.model.to(self.device)
 
     def _batch_units(self) -> list[list[int]]:
         """Training window indices grouped into the units a batch is made of: single windows,
@@ -231,9 +256,31 @@ class Trainer:
         finally:
             torch.set_num_threads(threads_before)
 
+    def _param_groups(self) -> list[dict]:
+        """Adam parameter groups: the shared parameters at ``lr``, the relaxed weights at
+        ``relaxed_lr``; ``train_params`` freezes one kind (``requires_grad`` off)."""
+        cfg = self.config
+        relaxed_ids = {id(p) for p in self.model.relaxed_weights().values()}
+        params = list(self.model.parameters())
+        relaxed = [p for p in params if id(p) in relaxed_ids]
+        shared = [p for p in params if id(p) not in relaxed_ids]
+        if cfg.train_params == "relaxed" and not relaxed:
+            raise SpecError(f"train_params='relaxed' needs a model with relaxed weights; "
+                            f"{self.spec['name']} has none")
+        groups = []
+        for kind, ps, lr in (("shared", shared, cfg.lr),
+                             ("relaxed", relaxed, cfg.relaxed_lr or cfg.lr)):
+            train = cfg.train_params in ("all", kind)
+            for p in ps:
+                p.requires_grad_(train)
+            if train and ps:
+                groups.append(dict(params=ps, lr=lr, name=kind))
+        return groups
+
     def _fit(self) -> TrainResult:
         cfg, model = self.config, self.model
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.Adam(self._param_groups(), lr=cfg.lr,
+                                     weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=cfg.lr_decay)
         generator = torch.Generator().manual_seed(cfg.seed)
         units = self._batch_units()

@@ -113,3 +113,55 @@ def test_seeds_reproduce(data):
     a = train(SPEC, data, dict(QUICK, epochs=1))[1].history[0]["train_loss"]
     b = train(SPEC, data, dict(QUICK, epochs=1))[1].history[0]["train_loss"]
     assert math.isclose(a, b, rel_tol=0, abs_tol=0)
+
+
+def _split(model):
+    relaxed = {id(p) for p in model.relaxed_weights().values()}
+    return ({n: p.detach().clone() for n, p in model.named_parameters() if id(p) in relaxed},
+            {n: p.detach().clone() for n, p in model.named_parameters() if id(p) not in relaxed})
+
+
+def test_train_params_freeze_one_kind(data):
+    for kind in ("shared", "relaxed"):
+        trainer = Trainer(SPEC, data, dict(QUICK, epochs=1, train_params=kind))
+        relaxed0, shared0 = _split(trainer.model)
+        trainer.fit()
+        relaxed1, shared1 = _split(trainer.model)
+        frozen, trained = (relaxed0, relaxed1) if kind == "shared" else (shared0, shared1)
+        assert all(torch.equal(frozen[k], trained[k]) for k in frozen), kind
+        moving = (shared0, shared1) if kind == "shared" else (relaxed0, relaxed1)
+        assert any(not torch.equal(moving[0][k], moving[1][k]) for k in moving[0]), kind
+
+
+def test_relaxed_weights_get_their_own_learning_rate(data):
+    trainer = Trainer(SPEC, data, dict(QUICK, relaxed_lr=0.05))
+    groups = {g["name"]: g for g in trainer._param_groups()}
+    assert groups["relaxed"]["lr"] == 0.05 and groups["shared"]["lr"] == QUICK["lr"]
+    relaxed = {id(p) for p in trainer.model.relaxed_weights().values()}
+    assert {id(p) for p in groups["relaxed"]["params"]} == relaxed
+    # a strict model has nothing to train with train_params="relaxed"
+    with pytest.raises(ValueError, match="relaxed weights"):
+        Trainer(dict(SPEC, name="gconv", num_banks=1), data,
+                dict(QUICK, train_params="relaxed")).fit()
+
+
+@pytest.mark.parametrize("bad", [dict(relaxed_lr=-1.0), dict(relaxed_lr=float("nan")),
+                                 dict(train_params="banks"), dict(init_weights=3)])
+def test_new_settings_are_validated(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        TrainConfig.from_dict(bad)
+
+
+def test_init_weights_start_from_a_run_or_a_file(data, tmp_path):
+    from core.runs import RunStore
+
+    model, result = train(SPEC, data, dict(QUICK, epochs=1))
+    run = RunStore(tmp_path / "runs").create(model.spec, QUICK, __file__)
+    run.save_weights(result.best_state)
+    for source in (run.path, run.weights_path()):
+        trainer = Trainer(SPEC, data, dict(QUICK, init_weights=str(source)))
+        assert all(torch.equal(trainer.model.state_dict()[k], v)
+                   for k, v in result.best_state.items())
+    (tmp_path / "pickle.pt").write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        Trainer(SPEC, data, dict(QUICK, init_weights=str(tmp_path / "pickle.pt")))
