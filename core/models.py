@@ -65,6 +65,14 @@ def _group_kind(group) -> str | None:
     return "C<n>" if isinstance(group, RotationGroup) else "D<n>"
 
 
+def models_for_group(group) -> list[str]:
+    """The model names (in :data:`MODEL_NAMES` order) that accept ``group`` (a name, a Group or
+    None), e.g. ``models_for_group("SO2") == ["steer", "rsteer"]``; ValueError for an unknown
+    group name."""
+    kind = _group_kind(None if group is None else get_group(group))
+    return [m for m in MODEL_NAMES if kind in _ALLOWED[m]]
+
+
 class ZooModel(nn.Module):
     """Base for every model of the zoo: spec, relaxed weights and penalty in one place."""
 

@@ -3,7 +3,8 @@
 One command generates the scenarios, trains every model family on each (several seeds, through the
 job system, so a Dask cluster can run it), evaluates future and domain RMSE, runs the
 equivariance-levels experiment (Figure 4) and the discovery checks, and writes
-``results.json``, ``results.md`` (also ``docs/RESULTS.md`` when asked) and figures.
+``results.json`` and ``results.md`` (also ``docs/RESULTS.md`` when asked). Figures are the
+dashboard's business: ``python -m dashboard.reports OUT`` draws them from ``results.json``.
 
 Presets (sizes are stated in the report):
 
@@ -56,6 +57,8 @@ class Preset:
     scenarios: tuple = ("translation", "rotation", "scale")
     alpha: float = 1e-3
     banks: int = 2
+    discovery: dict = field(default_factory=lambda: dict(protocol="default", seeds=3,
+                                                          budgets=(0.25, 0.5, 1.0, 2.0)))
     extra: dict = field(default_factory=dict)
 
     def width(self, name: str) -> int:
@@ -67,7 +70,8 @@ PRESETS = {
                    hidden={"*": 8}, layers=2, in_frames=2,
                    training=dict(epochs=1, batch_size=4, batches_per_epoch=3, lr=3e-3,
                                  valid_samples=8, device="cpu", threads=1),
-                   levels=2, note="16x16, 60 steps, width 8, 1 epoch of 3 batches, 1 seed"),
+                   levels=2, note="16x16, 60 steps, width 8, 1 epoch of 3 batches, 1 seed",
+                   discovery=dict(protocol="quick", seeds=1, budgets=(0.3,))),
     "cpu": Preset(grid=32, steps=120, sims=dict(translation=14, rotation=16, scale=10), seeds=3,
                   hidden={"*": 16}, layers=4, in_frames=10,
                   training=dict(epochs=6, batch_size=8, batches_per_epoch=25, lr=2e-3,
@@ -138,11 +142,11 @@ def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | No
                     run_id = manager.submit(spec, dict(p.training, seed=seed), paths[scenario])
                     jobs.append((scenario, name, group, seed, run_id))
         levels = _submit_levels(manager, p, out)
-        discovery = _submit_discovery(manager, p, out, paths)
-        total = len(jobs) + len(levels) + len(discovery)
-        say(f"[reproduce] {total} training jobs submitted")
+        total = len(jobs) + len(levels)
+        say(f"[reproduce] {total} training jobs submitted; discoveries queue behind them")
+        discovery = _discoveries(manager, p, out, paths, say)
         finished = 0
-        ids = [j[-1] for j in jobs] + [j[-1] for j in levels] + [d[0] for d in discovery.values()]
+        ids = [j[-1] for j in jobs] + [j[-1] for j in levels]
         for run_id in ids:
             manager.wait(run_id)
             finished += 1
@@ -153,7 +157,7 @@ def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | No
             preset=preset, note=p.note, seconds=None,
             table=_table(manager, jobs),
             levels=_levels_result(manager, levels, out),
-            discovery=_discovery_result(manager, discovery, p),
+            discovery=discovery,
             claims={},
         )
     finally:
@@ -162,7 +166,6 @@ def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | No
     results["seconds"] = time.perf_counter() - started
     (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
     (out / "results.md").write_text(report(results))
-    _figures(results, out)
     say(f"[reproduce] done in {results['seconds'] / 60:.1f} min; see {out / 'results.md'}")
     return results
 
@@ -193,25 +196,42 @@ def _submit_levels(manager, p: Preset, out: Path) -> list:
     return jobs
 
 
-def _submit_discovery(manager, p: Preset, out: Path, paths: dict) -> dict:
-    """(a) translation boundary, (b) the stronger rotation direction, (c) symmetric data."""
-    jobs = {}
-    spec = dict(in_frames=p.in_frames, hidden_dim=p.width("rgroup"), num_layers=p.layers,
-                num_banks=p.banks, alpha=1e-4)
+def _discoveries(manager, p: Preset, out: Path, paths: dict, say) -> dict:
+    """Discovery (core.discovery) on the translation data and on rotation data with the top
+    inflow stronger (breaking 4) and exactly symmetric (breaking 0): verdict JSON of each."""
+    from .discovery import discover, verdict_json
+
+    sims = max(p.sims["rotation"], 12)  # two training orbits at least
+    todo = {}
     if "translation" in paths:
-        jobs["boundary"] = (manager.submit(dict(spec, name="rgroup", group="translation"),
-                                           dict(p.training, seed=0), paths["translation"]),)
-    strong = out / "data" / "rotation-breaking4.nc"
-    symmetric = out / "data" / "rotation-breaking0.nc"
-    for path, breaking in ((strong, 4.0), (symmetric, 0.0)):
+        todo["boundary"] = (paths["translation"], "translation")
+    for name, breaking in (("direction", 4.0), ("symmetric", 0.0)):
+        path = out / "data" / f"rotation-breaking{breaking:g}.nc"
         if not path.exists():
-            save_dataset(generate("rotation", grid=p.grid, steps=p.steps,
-                                  sims=p.sims["rotation"], breaking=breaking), path)
-    jobs["direction"] = (manager.submit(dict(spec, name="rgroup", group="C4"),
-                                        dict(p.training, seed=0, orbit_batches=True), strong),)
-    jobs["symmetric"] = (manager.submit(dict(spec, name="rgroup", group="C4"),
-                                        dict(p.training, seed=0, orbit_batches=True), symmetric),)
-    return jobs
+            save_dataset(generate("rotation", grid=p.grid, steps=p.steps, sims=sims,
+                                  breaking=breaking), path)
+        todo[name] = (path, "C4")
+    results, curve = {}, []
+    budgets = sorted(p.discovery["budgets"])
+    standard = min(budgets, key=lambda b: abs(b - 1.0))  # the budget of the headline verdicts
+    for name, (path, group) in todo.items():
+        for budget in (budgets if name != "symmetric" else [standard]):
+            evidence = discover(path, group, seeds=p.discovery["seeds"],
+                                protocol=p.discovery["protocol"], budget=budget,
+                                runs=out / "runs", manager=manager)
+            verdict = verdict_json(evidence)
+            curve.append(dict(case=name, budget=budget, minutes=verdict["seconds"] / 60,
+                              broken=verdict["broken"], significance=verdict["significance"]))
+            if budget == standard:
+                results[name] = verdict
+            say(f"[reproduce] discovery {name} at budget {budget:g}: "
+                f"{'broken' if verdict['broken'] else 'not broken'} "
+                f"(significance {verdict['significance']:.3g})")
+    results["budget_curve"] = curve
+    if "boundary" in results:
+        results["boundary"]["true"] = dict(axis="x", position=p.grid / 2)
+    results["direction"]["true"] = "top"
+    return results
 
 
 def _final(manager, run_id) -> dict:
@@ -249,34 +269,6 @@ def _levels_result(manager, levels, out: Path) -> list[dict]:
         rows.append(dict(level=level, model=name, data_error=data,
                          model_error=final.get("equivariance_error"), state=final["state"]))
     return rows
-
-
-def _discovery_result(manager, discovery, p: Preset) -> dict:
-    from .analysis import boundary_location, breaking_analysis
-
-    result = {}
-    if "boundary" in discovery:
-        run = manager.store.get(discovery["boundary"][0])
-        if run.status().get("state") == "done":
-            found = boundary_location(breaking_analysis(run.load_model()))
-            result["boundary"] = dict(found_x=found, true_x=p.grid / 2,
-                                      error_cells=abs(found - p.grid / 2))
-    run = manager.store.get(discovery["direction"][0])
-    if run.status().get("state") == "done":
-        analysis = breaking_analysis(run.load_model())
-        dev = (analysis["weights"] - analysis["weights"].mean("element")).mean(("layer", "bank"))
-        elements = [str(e) for e in analysis["element"].values]
-        result["direction"] = dict(
-            deviation={e: float(v) for e, v in zip(elements, dev.values)},
-            strongest=elements[int(np.argmax(np.abs(dev.values)))], stronger_inflow="rot180",
-            breaking_score=float(analysis.attrs["breaking_score"]),
-            energy={str(i): float(v) for i, v in zip(analysis["irrep"].values,
-                                                     analysis["energy"].sum("layer").values)})
-    run = manager.store.get(discovery["symmetric"][0])
-    if run.status().get("state") == "done":
-        result["symmetric"] = dict(
-            breaking_score=float(breaking_analysis(run.load_model()).attrs["breaking_score"]))
-    return result
 
 
 def _claims(table: list[dict]) -> dict:
@@ -345,23 +337,34 @@ def report(results: dict) -> str:
     lines += ["", "## Discovery", ""]
     if "boundary" in d:
         b = d["boundary"]
-        verdict = "located" if b["error_cells"] <= 2 else "not located"
-        lines.append(f"- (a) translation: the largest spatial gradient of the relaxed weights is "
-                     f"at x = {b['found_x']:.1f} (true buoyancy boundary x = {b['true_x']:.0f}; "
-                     f"off by {b['error_cells']:.1f} cells): boundary **{verdict}**.")
+        off = abs(b["boundary"]["position"] - b["true"]["position"])
+        located = b["broken"] and b["boundary"]["axis"] == "x" and off <= 2
+        lines.append(f"- (a) translation (buoyancy boundary at x = {b['true']['position']:g}): "
+                     f"{'broken' if b['broken'] else 'no breaking found'}, significance "
+                     f"{b['significance']:.3g}; strongest boundary {b['boundary']['axis']} = "
+                     f"{b['boundary']['position']:g}: boundary **{'located' if located else 'not located'}**.")
     if "direction" in d:
         r = d["direction"]
-        dev = ", ".join(f"{k} {v:+.2e}" for k, v in r["deviation"].items())
-        verdict = "names" if r["strongest"] == r["stronger_inflow"] else "does not name"
-        lines.append(f"- (b) rotation, top inflow stronger (breaking 4): mean weight deviation per "
-                     f"element {dev}; the largest is {r['strongest']} (the stronger inflow is "
-                     f"the bottom plume turned by {r['stronger_inflow']}): the decomposition "
-                     f"**{verdict}** the stronger direction; breaking score "
-                     f"{r['breaking_score']:.3g}.")
+        named = r["direction"]["label"]
+        ok = r["broken"] and named == r["true"]
+        lines.append(f"- (b) rotation, top inflow stronger (breaking 4): "
+                     f"{'broken' if r['broken'] else 'no breaking found'}, significance "
+                     f"{r['significance']:.3g}; direction {named} "
+                     f"({r['direction']['angle_deg']:.0f} degrees): the stronger direction is "
+                     f"**{'named' if ok else 'not named'}**; invariant subgroup "
+                     f"{{{', '.join(r['invariant_subgroup'])}}}.")
     if "symmetric" in d:
-        score = d["symmetric"]["breaking_score"]
-        lines.append(f"- (c) rotation at breaking 0 (orbit batches): breaking score {score:.2e}: "
-                     f"the weights **{'stay' if score < 1e-6 else 'do not stay'}** symmetric.")
+        r = d["symmetric"]
+        lines.append(f"- (c) rotation at breaking 0: significance {r['significance']:.3g}: "
+                     f"**{'broken (a false alarm)' if r['broken'] else 'not broken'}**.")
+    if d.get("budget_curve"):
+        lines += ["", "Budget curve (the same discoveries with every stage's epochs scaled; "
+                  "minutes are whole `discover` calls on this machine):", "",
+                  "| case | budget | minutes | verdict | significance |", "|---|---|---|---|---|"]
+        for row in d["budget_curve"]:
+            lines.append(f"| {row['case']} | {row['budget']:g} | {row['minutes']:.1f} | "
+                         f"{'broken' if row['broken'] else 'not broken'} | "
+                         f"{row['significance']:.3g} |")
     lines += ["", "## How this differs from the paper", "", DIFFERENCES, "",
               "## Reading", "", _reading(results)]
     return "\n".join(lines) + "\n"
@@ -412,25 +415,6 @@ def _reading(results: dict) -> str:
     parts.append("Differences smaller than the spread over seeds (the ± columns) are not "
                  "evidence either way.")
     return " ".join(parts)
-
-
-def _figures(results: dict, out: Path) -> None:
-    """HTML figures when the dashboard packages are installed (core itself needs none)."""
-    try:
-        import holoviews as hv
-
-        from dashboard import plots
-    except ImportError:
-        return
-    hv.extension("bokeh", logo=False)
-    points = [dict(data_error=r["data_error"], model_error=r["model_error"], model=r["model"])
-              for r in results["levels"] if r["model_error"] is not None]
-    hv.save(plots.equivariance_vs_data(points), out / "figure4.html")
-    for scenario in {r["scenario"] for r in results["table"]}:
-        rows = [r for r in results["table"] if r["scenario"] == scenario]
-        bars = hv.Bars([(r["model"], r["future_mean"] or np.nan) for r in rows], "model",
-                       "future RMSE").opts(title=f"{scenario}: future RMSE", width=600)
-        hv.save(bars, out / f"rmse-{scenario}.html")
 
 
 __all__ = ["PRESETS", "run", "report"]

@@ -22,7 +22,8 @@ import param
 
 from core.errors import SpecError
 from core.datasets import dataset_grid
-from core.models import MODEL_NAMES, _ALLOWED, _group_kind, build_model
+from core.discovery import Discovery, DiscoveryError, DiscoveryStore, launch
+from core.models import build_model, models_for_group
 from core.runs import PROJECT_ROOT, RunError, RunStore
 from core.scenarios import DEFAULT_SIMS
 from core.training import TrainConfig
@@ -35,10 +36,7 @@ STRICT_OF = {"rgroup": "gconv", "rsteer": "steer", "rpp": "gconv", "lift": "gcon
 
 def valid_models(group: str | None) -> list[str]:
     """The model names that accept ``group`` (the experiment panel offers only these)."""
-    from core.groups import get_group
-
-    kind = _group_kind(None if group is None else get_group(group))
-    return [m for m in MODEL_NAMES if kind in _ALLOWED[m]]
+    return models_for_group(group)
 
 
 def alpha_value(choice: str) -> float | None:
@@ -128,6 +126,30 @@ class Services:
                 return store.get(run_id)
         raise RunError(f"no run {run_id!r}")
 
+    # -- discoveries
+    def discoveries(self) -> list[dict]:
+        """Rows of every discovery record: shipped ones first (``store`` says which)."""
+        rows = []
+        for root, label in ((self.pretrained.root, "pretrained"), (self.store.root, "runs")):
+            rows += [dict(row, store=label) for row in DiscoveryStore(root).list()]
+        return rows
+
+    def discovery(self, discovery_id: str) -> Discovery:
+        for root in (self.store.root, self.pretrained.root):
+            try:
+                return DiscoveryStore(root).get(discovery_id)
+            except DiscoveryError:
+                continue
+        raise DiscoveryError(f"no discovery {discovery_id!r}")
+
+    def discover(self, dataset: str, group: str, *, control: str | None = None, seeds: int = 3,
+                 budget: float = 1.0) -> Discovery:
+        """Start a discovery in its own background process (it trains through the job system);
+        bad input raises DiscoveryError before anything is written."""
+        control_path = self.dataset_path(control) if control else None
+        return launch(self.dataset_path(dataset), group, runs=self.store.root,
+                      control=control_path, seeds=seeds, budget=budget)
+
 
 class ExperimentState(param.Parameterized):
     """One session's experiment settings and selections."""
@@ -148,6 +170,10 @@ class ExperimentState(param.Parameterized):
     scenario = param.Selector(default="rotation", objects=sorted(DEFAULT_SIMS))
     breaking = param.Number(default=1.0, bounds=(0.0, 10.0))
     selected_runs = param.List(default=[], doc="run ids selected in the catalog")
+    discovery = param.String(default=None, allow_None=True, doc="discovery record shown")
+    focus = param.String(default="", doc="a tab a view asks the app to show")
+    relaxed_lr = param.Number(default=None, allow_None=True, bounds=(1e-6, 10.0),
+                              doc="learning rate of the relaxed weights (None: the shared one)")
     message = param.String(default="")
 
     def __init__(self, services: Services | None = None, **params):
@@ -188,6 +214,8 @@ class ExperimentState(param.Parameterized):
     def training_config(self) -> dict:
         config = dict(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                       batches_per_epoch=self.batches_per_epoch, device=self.device)
+        if self.relaxed_lr is not None:
+            config["relaxed_lr"] = self.relaxed_lr
         TrainConfig.from_dict(config)
         return config
 
@@ -205,4 +233,4 @@ class ExperimentState(param.Parameterized):
 
 
 __all__ = ["Services", "ExperimentState", "valid_models", "alpha_value", "GROUP_CHOICES",
-           "ALPHA_CHOICES", "SpecError"]
+           "ALPHA_CHOICES", "SpecError", "DiscoveryError"]

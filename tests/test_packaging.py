@@ -50,3 +50,36 @@ def test_core_imports_without_dashboard_packages():
             "import core, core.models, core.nn, core.groups, core.bench, core.__main__\n"
             "core.build_model('rgroup', group='C4', in_frames=1, hidden_dim=4, num_layers=2, grid=(8, 8))\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, imported names) of every import statement in a file, lazy ones included."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            module = ("." * node.level) + (node.module or "")
+            out.append((module, [alias.name for alias in node.names]))
+    return out
+
+
+def test_core_never_imports_the_dashboard():
+    offenders = [(str(p.relative_to(ROOT)), module) for p in (ROOT / "core").rglob("*.py")
+                 for module, _ in _imports(p)
+                 if module.split(".")[0] in {"dashboard", "panel", "holoviews", "bokeh"}]
+    assert offenders == []
+
+
+def test_dashboard_uses_only_public_core_names():
+    offenders = []
+    for path in (ROOT / "dashboard").rglob("*.py"):
+        for module, names in _imports(path):
+            if module.startswith("core"):
+                private = [n for n in names if n.startswith("_")]
+                private += [part for part in module.split(".") if part.startswith("_")]
+                if private:
+                    offenders.append((str(path.relative_to(ROOT)), module, private))
+    assert offenders == []

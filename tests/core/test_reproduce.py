@@ -17,9 +17,8 @@ def test_tiny_preset_end_to_end(tmp_path, capsys):
     assert all(r["failed"] == 0 for r in results["table"]), [r for r in results["table"]
                                                              if r["failed"]]
     assert {r["level"] for r in results["levels"]} == {0, 1}
-    assert set(results["discovery"]) == {"boundary", "direction", "symmetric"}
-    assert results["discovery"]["symmetric"]["breaking_score"] < 1e-9
+    assert set(results["discovery"]) == {"boundary", "direction", "symmetric", "budget_curve"}
+    assert results["discovery"]["symmetric"]["broken"] is False
     text = (out / "results.md").read_text()
     for heading in ("Rollout RMSE", "beat both", "Figure 4", "Discovery"):
         assert heading in text
-    assert (out / "figure4.html").exists()
