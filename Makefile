@@ -4,12 +4,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-DATASETS := data/rotation.nc data/translation.nc data/levels.nc
+DATASETS := data/rotation.nc data/translation.nc data/levels.nc \
+	data/discover-rotation.nc data/discover-translation.nc
 
 ADDRESS ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: test install bench data pretrained dashboard clean
+.PHONY: test install bench data pretrained dashboard discover clean
 
 install: $(STAMP)
 
@@ -31,14 +32,26 @@ data: $(DATASETS)
 data/%.nc: | $(STAMP)
 	$(PY) -m core generate $* --out $@
 
+# the shipped discoveries' data (core/pretrained.py): 32x32, 120 steps, a few seconds each
+data/discover-rotation.nc: | $(STAMP)
+	$(PY) -m core generate rotation --out $@ --grid 32 --steps 120 --sims 16 --breaking 4
+data/discover-translation.nc: | $(STAMP)
+	$(PY) -m core generate translation --out $@ --grid 32 --steps 120 --sims 14 --breaking 1
+
 # quick start, command one: serve the dashboard on the default datasets and the shipped runs
 dashboard: $(DATASETS)
 	$(PY) -m panel serve dashboard/app.py --address $(ADDRESS) --port $(PORT) \
 		--allow-websocket-origin $(ADDRESS):$(PORT) --num-threads 4
 
-# the runs shipped in data/pretrained/ (about 10 minutes on a 2-core CPU)
+# the runs and discoveries shipped in data/pretrained/ (about 25 minutes on a 2-core CPU)
 pretrained: $(DATASETS)
 	$(PY) -m core pretrain --runs data/pretrained
+
+# a discovery on your own dataset: make discover DATA=data/discover-rotation.nc GROUP=C4
+DATA ?= data/discover-rotation.nc
+GROUP ?= C4
+discover: $(STAMP)
+	$(PY) -m core discover $(DATA) --group $(GROUP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info

@@ -70,10 +70,12 @@ def _add_bench(commands) -> None:
                    help="(default: %(default)s)")
     p.add_argument("--threads", metavar="N", type=_positive, default=d["threads"],
                    help="torch CPU threads (default: torch's own choice)")
-    p.add_argument("--suite", choices=("all", "models", "simulation", "paper"), default=d["suite"],
-                   help="what to time: the model zoo, the simulator, both (all), or the "
+    p.add_argument("--suite", choices=("all", "models", "simulation", "paper", "discovery"),
+                   default=d["suite"],
+                   help="what to time: the model zoo, the simulator, both (all), the "
                         "published configurations with epoch times (paper; fp32 and, on CUDA, "
-                        "bf16) (default: %(default)s)")
+                        "bf16), or whole discover calls with their peak memory (discovery, "
+                        "minutes) (default: %(default)s)")
     p.add_argument("--sim-batches", metavar="N", dest="sim_batches", type=_positive, nargs="+",
                    default=list(d["sim_batches"]),
                    help="simulator batch sizes (default: %(default)s)")
@@ -525,6 +527,83 @@ def _run_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_discover(commands) -> None:
+    from .discovery import PROTOCOLS
+
+    p = commands.add_parser(
+        "discover", help="does DATA break a symmetry, where, and how surely (relaxed models "
+                         "against a symmetric null)",
+        description="Train relaxed models on DATA and on a symmetric null (the control, or one "
+                    "built from DATA: symmetrized orbits for C_n/D_n, a re-simulated twin with "
+                    "uniform buoyancy for translation) through the job system, and print the "
+                    "verdict: broken or not, its significance, the boundary (translation) or the "
+                    "direction the data treats differently (C_n/D_n). The record, with its "
+                    "runs, goes to RUNS/discoveries/.")
+    p.add_argument("data", help="dataset file (.nc)")
+    p.add_argument("--group", required=True, help="translation, C<n> or D<n> (exact ones)")
+    p.add_argument("--control", metavar="DATA", help="a symmetric control dataset (same grid "
+                                                     "and time steps)")
+    p.add_argument("--seeds", type=_positive, default=3, help="(default: %(default)s)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="factor on every training stage's epochs (default: %(default)s)")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="default",
+                   help="model sizes and budgets (default: %(default)s; quick: seconds, "
+                        "weaker)")
+    p.add_argument("--runs", default="runs", help="run store root (default: %(default)s)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="train on this Dask scheduler ('local': a LocalCluster on 127.0.0.1)")
+    p.add_argument("--device", help="device for the training runs (default: the protocol's, cpu)")
+    p.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    p.add_argument("--record", help=argparse.SUPPRESS)  # a record made by launch()
+    p.set_defaults(handler=_run_discover)
+
+
+def _run_discover(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .discovery import PROTOCOLS, Discovery, discover, verdict_json
+
+    protocol = PROTOCOLS[args.protocol]
+    if args.device:
+        protocol = replace(protocol, device=args.device)
+    last = [-1]
+
+    def progress(fraction, message):
+        pct = int(100 * fraction)
+        if pct != last[0] and not args.json:
+            last[0] = pct
+            print(f"[discover] {pct:3d}% {message}", file=sys.stderr)
+
+    try:
+        evidence = discover(args.data, args.group, control=args.control, seeds=args.seeds,
+                            protocol=protocol, budget=args.budget, runs=args.runs,
+                            scheduler=args.scheduler, progress=progress,
+                            record=Discovery(args.record) if args.record else None)
+    except InterruptedError as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except ValueError as err:  # DiscoveryError, DatasetError, SpecError: bad input
+        return _fail(str(err))
+    verdict = verdict_json(evidence)
+    if args.json:
+        print(json.dumps(verdict))
+        return 0
+    print(f"{verdict['group']}: {'BROKEN' if verdict['broken'] else 'no breaking found'} "
+          f"(significance {verdict['significance']:.3g}: {verdict['significance_method']})")
+    if "boundary" in verdict:
+        b = verdict["boundary"]
+        print(f"strongest boundary: {b['axis']} = {b['position']:g} cells from the lower-left")
+    if "direction" in verdict:
+        d = verdict["direction"]
+        where = d["label"] or f"orbit member {d['member']}"
+        angle = "" if d["angle_deg"] is None else f" ({d['angle_deg']:.0f} degrees)"
+        print(f"member treated differently: {where}{angle}; invariant subgroup "
+              f"{{{', '.join(verdict['invariant_subgroup'])}}}")
+    print(f"null: {verdict['null']}; {len(verdict['runs'])} runs in {verdict['run_store']}; "
+          f"{verdict['seconds']:.0f} s")
+    return 0
+
+
 def _add_execute(commands) -> None:
     p = commands.add_parser("execute", help="(internal) run one queued job of a run store")
     p.add_argument("run_dir")
@@ -554,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sweep(commands)
     _add_pretrain(commands)
     _add_reproduce(commands)
+    _add_discover(commands)
     _add_execute(commands)
     return parser
 

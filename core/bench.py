@@ -374,7 +374,7 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-SUITES = ("all", "models", "simulation", "paper")
+SUITES = ("all", "models", "simulation", "paper", "discovery")
 # full rotation scenario (36 sims x 310 steps at 64x64): seconds allowed per device type
 SIM_TARGETS = {"cpu": 60.0, "cuda": 5.0}
 
@@ -410,6 +410,78 @@ def simulation_benchmark(device: torch.device, batches=(1, 8, 36), steps: int = 
                             passed=None if limit is None else scenario_s <= limit))
 
 
+def _tree_rss(pid: int) -> int:
+    """Resident memory (bytes) of a process and all its descendants, from /proc (0 elsewhere)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+DISCOVERY_CASES = {  # name -> (scenario, grid, steps, sims, breaking, group)
+    "rotation-32": ("rotation", 32, 120, 16, 4.0, "C4"),
+    "translation-32": ("translation", 32, 120, 14, 1.0, "translation"),
+    "rotation-64": ("rotation", 64, 310, 36, 1.0, "C4"),
+}
+
+
+def discovery_benchmark(cases=("rotation-32", "translation-32", "rotation-64"), seeds: int = 3,
+                        device: str = "cpu", progress: Callable[[str], None] | None = None) -> dict:
+    """Wall time and peak memory (the driver and its worker processes together, sampled every
+    0.2 s) of whole ``discover`` calls, default protocol, on freshly simulated data."""
+    import tempfile
+    import threading
+    from dataclasses import replace
+
+    from .datasets import generate, save_dataset
+    from .discovery import PROTOCOLS, discover
+
+    rows = []
+    for name in cases:
+        scenario, grid, steps, sims, breaking, group = DISCOVERY_CASES[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, f"{name}.nc")
+            save_dataset(generate(scenario, grid=grid, steps=steps, sims=sims,
+                                  breaking=breaking, device=device), path)
+            peak, stop = [0], threading.Event()
+
+            def sample():
+                while not stop.is_set():
+                    peak[0] = max(peak[0], _tree_rss(os.getpid()))
+                    stop.wait(0.2)
+
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            start = time.perf_counter()
+            try:
+                evidence = discover(path, group, seeds=seeds, runs=os.path.join(tmp, "runs"),
+                                    protocol=replace(PROTOCOLS["default"], device=device))
+            finally:
+                stop.set()
+                sampler.join()
+            seconds = time.perf_counter() - start
+        rows.append(dict(case=name, grid=grid, steps=steps, sims=sims, breaking=breaking,
+                         group=group, seeds=seeds, seconds=seconds, peak_rss_mb=peak[0] / 2**20,
+                         broken=bool(evidence.attrs["broken"]),
+                         significance=float(evidence.attrs["significance"])))
+        if progress is not None:
+            progress(f"[bench] discover {name}: {seconds:.0f} s, peak {peak[0] / 2**20:.0f} MB")
+    return dict(rows=rows, limits=dict(seconds_32=600.0, peak_rss_mb_64=4096.0))
+
+
 def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **settings) -> dict:
     """Measure the selected entries and return ``{"machine", "settings", "results", "targets"}``.
 
@@ -425,6 +497,10 @@ def run_benchmark(*, progress: Callable[[str], None] | None = _stderr, **setting
         raise TypeError(f"unknown setting(s) {', '.join(unknown)}; valid: {', '.join(DEFAULTS)}")
     s = {**DEFAULTS, **settings}
     device = resolve_device(s["device"])
+    if s["suite"] == "discovery":
+        return dict(machine=machine_info(device), settings=dict(s, device=device.type),
+                    results=[], targets=[], simulation=None,
+                    discovery=discovery_benchmark(device=device.type, progress=progress))
     if s["suite"] == "paper":  # the published configurations, fp32 and (on CUDA) bf16
         s["models"] = list(PAPER) + ([f"{k}+bf16" for k in PAPER] if device.type == "cuda" else [])
     else:
@@ -556,6 +632,15 @@ def format_report(report: dict) -> str:
             lines.append(f"{r['model'].removesuffix('+bf16'):<25} {r['precision']:<5} "
                          f"{r['hidden_dim']:>6}  {r['batch']:>5}  {r['train_ms']:>8.1f}  "
                          f"{r['rollout_ms']:>10.1f}  {r['epoch_s']:>7.1f}  {pub}")
+    found = report.get("discovery")
+    if found:
+        lines += ["", "discover (default protocol, whole call: null, seeds, training, readout):",
+                  "case            grid  steps  sims  seeds  seconds  peak MB  verdict"]
+        for r in found["rows"]:
+            lines.append(f"{r['case']:<15} {r['grid']:>4}  {r['steps']:>5}  {r['sims']:>4}  "
+                         f"{r['seeds']:>5}  {r['seconds']:>7.0f}  {r['peak_rss_mb']:>7.0f}  "
+                         f"{'broken' if r['broken'] else 'not broken'} "
+                         f"({r['significance']:.2f})")
     sim = report.get("simulation")
     if sim:
         lines += ["", f"simulator, {sim['grid']}x{sim['grid']}:",

@@ -30,7 +30,7 @@ import torch
 import xarray as xr
 
 from . import scenarios as sc
-from .groups import get_group, transform_field
+from .groups import get_group, transform_field, transform_scalar
 from .devices import resolve_device
 from .files import atomic_write
 from .simulation import DIV_TOLERANCE, SimulationConfig, max_divergence, simulate
@@ -346,6 +346,50 @@ def import_pt(folder: str | os.PathLike, layout: str) -> xr.Dataset:
     ds.attrs["source"] = str(folder)
     validate(ds, str(folder))
     return ds
+
+
+# ------------------------------------------------------------------------------------ transform
+def transform_dataset(ds: xr.Dataset, group: str, element) -> xr.Dataset:
+    """The whole dataset acted on by an exact element of C_n / D_n (a quarter turn or a flip of
+    a square grid): every velocity field is moved and turned (:func:`core.groups.transform_field`),
+    the buoyancy map is moved, and the inflow positions and directions are turned the same way
+    about the box centre. Orbit labels (``orbit``, ``orbit_element``: each member's element
+    relative to its orbit's base) are kept: the turned data has the same orbit structure, seen
+    from a turned frame. Attributes that name a boundary position (``boundary_x``) are dropped,
+    since the boundary moved."""
+    from .groups import Element, _PlanarGroup
+
+    g = get_group(group)
+    if not isinstance(g, _PlanarGroup):
+        raise DatasetError(f"transform_dataset needs a group C<n> or D<n>, got {g.name}")
+    el = g.elements()[element] if isinstance(element, int) else element
+    if not isinstance(el, Element) or not el.is_exact:
+        raise DatasetError(f"transform_dataset needs an exact element (quarter turn or flip), "
+                           f"got {el}")
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    if el.angle % math.pi and h != w:
+        raise DatasetError(f"a quarter turn needs a square grid, this one is {h}x{w}")
+    vel = torch.from_numpy(np.ascontiguousarray(ds["velocity"].values))
+    out = ds.copy()
+    out["velocity"] = (ds["velocity"].dims, transform_field(vel, g, el).numpy(),
+                       ds["velocity"].attrs)
+    bmap = torch.from_numpy(np.ascontiguousarray(ds["buoyancy_map"].values))
+    out["buoyancy_map"] = (ds["buoyancy_map"].dims, transform_scalar(bmap, g, el).numpy())
+    if "inflow_x" in ds.coords:
+        rot = el.matrix.numpy()
+        px = ds["inflow_x"].values - w / 2
+        py = ds["inflow_y"].values - h / 2
+        qx, qy = rot[0, 0] * px + rot[0, 1] * py, rot[1, 0] * px + rot[1, 1] * py
+        rad = np.radians(ds["inflow_direction"].values)
+        dx, dy = np.cos(rad), np.sin(rad)
+        ex, ey = rot[0, 0] * dx + rot[0, 1] * dy, rot[1, 0] * dx + rot[1, 1] * dy
+        out = out.assign_coords(
+            inflow_x=(("sim", "inflow"), qx + w / 2), inflow_y=(("sim", "inflow"), qy + h / 2),
+            inflow_direction=(("sim", "inflow"), np.round(np.degrees(np.arctan2(ey, ex)), 9)))
+    out.attrs.pop("boundary_x", None)
+    out.attrs["transformed"] = f"{g.name} {el}" + (f" after {ds.attrs['transformed']}"
+                                                    if ds.attrs.get("transformed") else "")
+    return out
 
 
 # ------------------------------------------------------------------------------------ analysis

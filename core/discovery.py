@@ -1,0 +1,990 @@
+"""Discovery: does a dataset break a symmetry, where, and how sure can we be?
+
+``discover(data, group)`` trains relaxed models on the data and on a symmetric *null* through the
+job system, reads what the relaxed weights learned, and returns a verdict with its evidence as an
+``xarray.Dataset`` (``verdict_json`` gives the JSON of ``python -m core discover --json``).
+
+The null
+--------
+Every discovery compares the data with a null that differs from it only by the symmetry:
+
+* ``control`` given: that dataset (same grid and number of time steps; a rotation null must have
+  the same orbit structure).
+* rotations / reflections (C_n, D_n), no control: **the symmetrized orbits**. Each orbit member is
+  replaced by its orbit element applied to the orbit's base member (``orbit_element`` 0), which
+  is exactly symmetric data with the same inputs (for our simulated plumes it is exactly what the
+  simulator gives for the set-up without the breaking: rotated siblings are bit-identical).
+* translation, no control: **the symmetric twin**: the recorded set-up (inflows) re-simulated
+  with the buoyancy map replaced by its mean, so the walls, inflows and mean buoyancy stay and
+  only the spatial variation goes. Data without a recorded set-up (imported) needs a control:
+  walls break translation symmetry too, so no translation null can be built from data alone.
+
+Protocols (the mechanism, measured in docs/RESULTS.md)
+------------------------------------------------------
+*Rotations and reflections*, per seed: (1) the strict model: ``rgroup`` with its relaxed weights
+frozen equal (``train_params="shared"``), trained on the data with orbit batches; (2) from it,
+only the relaxed weights train (``train_params="relaxed"``), with a learning rate of their own
+that decays to a small fraction (``lr_decay``), on the data and on the null. Orbit batches make
+the asymmetric part of every gradient exactly zero on symmetric data, so the null's weights stay
+exactly equal and the data's move only where the data breaks the symmetry; freezing the strict
+backbone and annealing the rate lets the weights settle on that breaking instead of jittering
+around it (jointly trained weights at a constant rate named the odd member in 1 of 2 seeds; this
+protocol in 6 of 6).
+
+The readout compares each orbit member's own behaviour with the model's symmetric version: for
+every training window ``x`` of member ``m`` the **gain** is ``MSE(fbar(x), y) - MSE(f(x), y)``,
+where ``fbar(x) = mean_g g^-1 f(g x)`` is the group average of the trained model (exactly
+equivariant). The member whose windows gain most from the breaking is the one the data treats
+differently. The readout is equivariant by construction: turning the whole dataset turns the
+trained weights (the training is equivariant) and hence the member positions the gains belong to,
+so the named direction turns with the data. Directions come from the members' recorded inflow
+positions, in the data's own frame (angle counter-clockwise from +x about the box centre).
+
+*Translation*, per seed: ``rgroup`` (relaxed translation conv, per-pixel bank weights) trained
+jointly with the total-variation penalty ``alpha * R`` and a relaxed-weight learning rate 30x the
+shared one, on the data and on the null with the same seed and batch order. The evidence is the
+difference of the weight maps (data minus null), which cancels the walls and the inflow layout.
+The boundary is where that difference jumps most: per layer, bank and seed the profile along an
+axis (mean over the other axis, ``margin`` cells from the walls dropped) is differenced, scaled
+to a robust z-score (median / MAD), and the squared z-scores are averaged; the largest value over
+both axes names the axis and the position (between cells ``p - 1`` and ``p``, in cells from the
+lower-left corner).
+
+Significance
+------------
+* C_n / D_n: a **t statistic over data units**. Windows are grouped into units (one orbit
+  during 10 start times); per unit, each member's gain averaged over seeds, minus the null's
+  mean gain of that member. Two tests: the *direction* test takes per unit the resultant
+  ``sum_e gain(e) (cos theta_e, sin theta_e)`` of the members' gains at their positions
+  ``theta_e``, and divides the mean resultant's length by the standard error of the units'
+  projections on it (under no breaking about the length of a 2-d standard normal: it reaches 3
+  about 1 % of the time); the *axis* test does the same for the period-2 pattern (members a half
+  turn apart alike). ``significance`` is the larger; ``broken`` when it is at least 3 and the
+  data's gains exceed ten times the null's (the exactly symmetric nulls give float rounding
+  only: their weights stay equal to about 1e-6) and 1e-5 of the rollout MSE. The direction is
+  the mean resultant's angle, named by the nearest member; the invariant subgroup is the
+  stabilizer of that member (or of the two axes) in G, the whole group when not broken.
+* translation: **prominence**: the boundary statistic (all seeds together) at the strongest
+  candidate divided by the largest value more than 2 cells away from it or on the other axis:
+  how far one boundary stands out of the difference of the weight maps. Measured without a
+  boundary to find: 1.0-3.1 for most seeds, but 5.3 for symmetric data against a uniformly
+  stronger control (at the column holding most plumes) and 8.8 near a wall that plumes hit;
+  the centre boundary of the translation scenario reached 92 in the seed that found it. So:
+  ``broken`` when the prominence is at least 10 *and* at least half the seeds (rounded up) find
+  the same boundary (within 2 cells) with a prominence of at least 10 on their own.
+  ``seed_boundary`` lists each seed's.
+
+What it does not find (measured, docs/RESULTS.md): at 32x32 and these budgets a buoyancy jump is
+located when plumes straddle it (the translation scenario's boundary at the centre); boundaries
+between plume columns are not located, because a buoyancy change that no smoke crosses is mostly
+balanced by pressure and barely changes a next-step prediction (a model given the true buoyancy
+map gains 0-2 %).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .datasets import (DatasetError, WindowDataset, generate, load_dataset, save_dataset,
+                       transform_dataset)
+from .files import atomic_write_json
+from .groups import Element, TranslationGroup, _PlanarGroup, get_group, transform_field
+from .runs import RunError, RunStore
+
+__all__ = ["DiscoveryError", "Protocol", "PROTOCOLS", "Discovery", "DiscoveryStore", "discover",
+           "check_request", "verdict_json", "symmetric_twin", "symmetrized_orbits",
+           "member_gains", "boundary_scan", "launch", "request_cancel", "SIGNIFICANCE_METHODS",
+           "THRESHOLDS"]
+
+RECORDS = "discoveries"  # folder of a run store root holding the discovery records
+THRESHOLDS = {"group": 3.0, "translation": 10.0}
+NULL_FACTOR = 10.0  # data gains no larger than this many times the null's are no breaking
+ROUNDING = 1e-5  # gains below this fraction of the rollout MSE are float32 rounding
+SIGNIFICANCE_METHODS = {
+    "group": "t over (orbit x 10-start) units of the members' rollout gains, along the "
+             "direction they point to (or the axis pair); broken at >= 3",
+    "translation": "prominence of the strongest boundary in the data-minus-null weights (its "
+                   "statistic over the largest one elsewhere); broken at >= 10 when at least half "
+                   "the seeds find it too",
+}
+LABELS = {0: "right", 90: "top", 180: "left", 270: "bottom"}
+FINAL = ("done", "failed", "cancelled")
+
+
+class DiscoveryError(ValueError):
+    """A discovery that cannot run on this input: the message names what is wrong."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Model sizes and training budgets of one discovery (JSON-friendly, stored with it)."""
+
+    hidden_dim: int = 16
+    num_layers: int = 4
+    num_banks: int = 2
+    in_frames: int = 10
+    batch_size: int = 8
+    batches_per_epoch: int = 25
+    lr: float = 2e-3
+    valid_samples: int = 64
+    # translation: joint training with the total-variation penalty
+    epochs: int = 8
+    relaxed_lr: float = 0.06
+    alpha: float = 1.0
+    margin: int = 5  # cells next to the walls left out of the boundary scan (plumes hit walls)
+    # rotations: strict backbone, then the relaxed weights alone with a decaying rate
+    strict_epochs: int = 8
+    relax_epochs: int = 6
+    relax_lr: float = 0.01
+    relax_decay: float = 0.5
+    readout_starts: int = 32  # training start times (evenly spaced) in the gain readout
+    device: str = "cpu"
+    threads: int = 1  # per job; jobs run side by side
+
+    def scaled(self, budget: float) -> "Protocol":
+        """The same protocol with every stage's epochs multiplied by ``budget``."""
+        if not budget > 0:
+            raise DiscoveryError(f"budget must be a positive factor, got {budget}")
+        return replace(self, epochs=max(1, round(self.epochs * budget)),
+                       strict_epochs=max(1, round(self.strict_epochs * budget)),
+                       relax_epochs=max(1, round(self.relax_epochs * budget)))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Protocol":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DiscoveryError(f"unknown protocol setting(s) {', '.join(unknown)}; valid: "
+                                 f"{', '.join(sorted(known))}")
+        return cls(**values)
+
+
+PROTOCOLS = {
+    "default": Protocol(),  # 32x32: about two minutes on 2 CPU cores
+    # seconds, for tests and teaching at 16x16 or 24x24 (weaker: one stage of each kind)
+    "quick": Protocol(hidden_dim=8, num_layers=3, batches_per_epoch=15, epochs=6,
+                      strict_epochs=5, relax_epochs=4, valid_samples=16),
+}
+
+
+# ------------------------------------------------------------------------------ input checks
+def _group(group):
+    try:
+        g = get_group(group)
+    except ValueError as err:
+        raise DiscoveryError(str(err)) from None
+    if not isinstance(g, (TranslationGroup, _PlanarGroup)):
+        raise DiscoveryError(f"discover supports translation, C<n> and D<n>; got {g.name}")
+    if isinstance(g, _PlanarGroup) and not g.is_exact:
+        raise DiscoveryError(f"{g.name} acts on the grid by interpolation; discover needs a group "
+                             f"that maps the grid onto itself (C1, C2, C4, D1, D2, D4)")
+    return g
+
+
+def _load(path, what: str) -> xr.Dataset:
+    try:
+        return load_dataset(path)
+    except DatasetError as err:
+        raise DiscoveryError(f"{what}: {err}") from None
+
+
+def _orbit_members(ds: xr.Dataset) -> dict[int, dict[int, int]]:
+    """orbit -> {orbit_element: sim}, for the training sims."""
+    train = set(np.atleast_1d(ds.attrs["split_train_sims"]).astype(int).tolist())
+    out: dict[int, dict[int, int]] = {}
+    for sim, (o, e) in enumerate(zip(ds["orbit"].values, ds["orbit_element"].values)):
+        if sim in train:
+            out.setdefault(int(o), {})[int(e)] = sim
+    return out
+
+
+def _element_index(group: _PlanarGroup, quarter: int) -> int:
+    """Index in ``group`` of the rotation by ``quarter`` x 90 degrees (ValueError if absent)."""
+    return group.index(Element(quarter * math.pi / 2))
+
+
+def check_request(data: xr.Dataset, group, control: xr.Dataset | None, seeds: int,
+                  protocol: Protocol, where: str = "DATA") -> None:
+    """Raise DiscoveryError naming the first problem; nothing is written before this passes."""
+    g = _group(group)
+    if not isinstance(seeds, int) or seeds < 1:
+        raise DiscoveryError(f"seeds must be an integer >= 1, got {seeds!r}")
+    h, w = data.sizes["y"], data.sizes["x"]
+    if isinstance(g, _PlanarGroup) and h != w and g.n not in (1, 2):
+        raise DiscoveryError(f"{g.name} needs a square grid: {where} is {h}x{w} (H x W)")
+    train = np.atleast_1d(data.attrs["split_train_sims"])
+    if isinstance(g, TranslationGroup):
+        if len(train) < 3:
+            raise DiscoveryError(f"{where} has {len(train)} training simulation(s); a translation "
+                                 f"discovery needs at least 3")
+        if control is None and "inflow_x" not in data.coords:
+            raise DiscoveryError(f"{where} records no simulation set-up (inflows) to re-simulate "
+                                 f"a symmetric twin; give a control dataset (--control)")
+    else:
+        if "orbit" not in data.coords or "orbit_element" not in data.coords:
+            raise DiscoveryError(f"{g.name} discovery needs simulations that form orbits "
+                                 f"(coordinates 'orbit' and 'orbit_element', as the rotation "
+                                 f"and levels scenarios have); {where} has none")
+        for e in np.unique(data["orbit_element"].values):
+            try:
+                _element_index(g, int(e))
+            except ValueError:
+                raise DiscoveryError(f"{where}'s orbits hold rotations by {90 * int(e)} degrees, "
+                                     f"which {g.name} does not contain") from None
+        complete = [m for m in _orbit_members(data).values()
+                    if len(m) == len(np.unique(data["orbit_element"].values))]
+        if len(complete) < 2:
+            raise DiscoveryError(f"{where} has {len(complete)} complete orbit(s) among its "
+                                 f"training simulations; the seeds, the null and the "
+                                 f"significance need at least 2")
+    windows = WindowDataset(data, "train", protocol.in_frames, 6)
+    if len(windows) == 0:
+        raise DiscoveryError(f"{where} has too few time steps ({data.sizes['time']}) for "
+                             f"{protocol.in_frames} input frames and a 6-step rollout")
+    if control is not None:
+        for dim in ("y", "x", "time"):
+            if control.sizes[dim] != data.sizes[dim]:
+                what = "time steps" if dim == "time" else "grid"
+                raise DiscoveryError(
+                    f"the control's {what} differ from DATA's: {dict(y=control.sizes['y'], x=control.sizes['x'], time=control.sizes['time'])} "
+                    f"vs {dict(y=h, x=w, time=data.sizes['time'])}")
+        if isinstance(g, _PlanarGroup):
+            check_request(control, g, None, seeds, protocol, where="the control")
+
+
+# ------------------------------------------------------------------------------ nulls
+def _direction(degrees: float) -> tuple[float, float]:
+    """Unit vector at ``degrees``; exact for multiples of 90 (so twins stay bit-exact)."""
+    quarter = degrees / 90.0
+    if abs(quarter - round(quarter)) < 1e-9:
+        return [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][round(quarter) % 4]
+    rad = math.radians(degrees)
+    return math.cos(rad), math.sin(rad)
+
+
+def symmetric_twin(ds: xr.Dataset, device: str = "auto") -> xr.Dataset:
+    """The recorded set-up re-simulated with the buoyancy map replaced by its mean (per
+    simulation when the map is per simulation): same inflows, walls, steps and split."""
+    from .simulation import Inflow
+
+    if "inflow_x" not in ds.coords:
+        raise DiscoveryError("the dataset records no inflows to re-simulate")
+    inflows = []
+    for s in range(ds.sizes["sim"]):
+        sim = []
+        for i in range(ds.sizes["inflow"]):
+            x = float(ds["inflow_x"].values[s, i])
+            if not math.isfinite(x):
+                continue
+            sim.append(Inflow(x, float(ds["inflow_y"].values[s, i]),
+                              float(ds["inflow_radius"].values[s, i]),
+                              _direction(float(ds["inflow_direction"].values[s, i])),
+                              float(ds["inflow_strength"].values[s, i])))
+        inflows.append(sim)
+    bmap = ds["buoyancy_map"].values.astype(np.float32)
+    mean = bmap.mean(axis=(-2, -1), keepdims=True)
+    uniform = np.broadcast_to(mean, bmap.shape).copy()
+    twin = generate("custom", grid=(ds.sizes["y"], ds.sizes["x"]), steps=ds.sizes["time"],
+                    inflows=inflows, buoyancy_map=uniform, device=device,
+                    domain_sims=np.atleast_1d(ds.attrs["split_domain_sims"]).astype(int).tolist())
+    for key in ("split_train_sims", "split_domain_sims", "window_train", "window_valid",
+                "window_future", "window_domain"):
+        twin.attrs[key] = ds.attrs[key]
+    twin.attrs.update(null="symmetric twin: the set-up re-simulated with a uniform buoyancy map "
+                           "(the map's mean)", null_of=str(ds.attrs.get("scenario")))
+    return twin
+
+
+def symmetrized_orbits(ds: xr.Dataset, group) -> xr.Dataset:
+    """Each orbit member replaced by its orbit element applied to the orbit's base member:
+    exactly symmetric data with the orbit structure, split and geometry of ``ds``."""
+    g = _group(group)
+    vel = torch.from_numpy(np.ascontiguousarray(ds["velocity"].values))
+    out = vel.clone()
+    orbits, elements = ds["orbit"].values, ds["orbit_element"].values
+    for o in np.unique(orbits):
+        members = np.flatnonzero(orbits == o)
+        base = [m for m in members if elements[m] == 0]
+        if len(base) != 1:
+            raise DiscoveryError(f"orbit {o} has no unique base member (orbit_element 0)")
+        for m in members:
+            out[m] = transform_field(vel[base[0]], g, _element_index(g, int(elements[m])))
+    null = ds.copy()
+    null["velocity"] = (ds["velocity"].dims, out.numpy(), ds["velocity"].attrs)
+    null.attrs.update(null="symmetrized orbits: every member is its orbit element applied to "
+                           "the orbit's base member", null_of=str(ds.attrs.get("scenario")),
+                      data_equivariance_error=0.0)
+    return null
+
+
+# ------------------------------------------------------------------------------ readouts
+def _inverse(group: _PlanarGroup) -> list[int]:
+    perm = group.inverse_product()  # perm[h, g] = index of h^-1 g
+    return [int(perm[g, 0]) for g in range(group.order)]
+
+
+def member_gains(model: torch.nn.Module, ds: xr.Dataset, group, *, steps: int = 6,
+                 starts: int = 32, batch_size: int = 64) -> xr.Dataset:
+    """Per training window: the gain of the model over its group average on a ``steps``-step
+    autoregressive rollout, ``sum_t MSE(fbar_t, y_t) - MSE(f_t, y_t)``, where
+    ``fbar(x) = mean_g g^-1 f(g x)`` (exactly equivariant) is rolled out on its own predictions.
+
+    ``starts`` training start times, evenly spaced, of every training sim are used (the same
+    for all, so each orbit and time block holds every member). Returns a Dataset over ``window`` with
+    ``gain``, ``mse`` (of the group average) and coordinates ``sim``, ``start``, ``orbit`` and
+    ``member`` (the sim's orbit element)."""
+    g = _group(group)
+    inv = _inverse(g)
+    k = int(model.spec["in_frames"])
+    windows = WindowDataset(ds, "train", k, steps)
+    n = len(windows.starts)
+    chosen = {windows.starts[j] for j in np.unique(np.linspace(0, n - 1, min(n, max(1, starts)))
+                                                   .round().astype(int))} if n else set()
+    picks = [i for i in range(len(windows)) if windows.index(i)[1] in chosen]
+    dtype = next(model.parameters()).dtype
+    was_training = model.training
+    model.eval()
+    gains, mses = [], []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(picks), batch_size):
+                idx = picks[s:s + batch_size]
+                x = torch.stack([windows[i][0] for i in idx]).to(dtype)
+                y = torch.stack([windows[i][1] for i in idx]).to(dtype)
+                own, bar = x, x
+                gain = torch.zeros(len(idx), dtype=torch.float64)
+                mse = torch.zeros(len(idx), dtype=torch.float64)
+                for t in range(steps):
+                    f = model(own)
+                    fb = torch.stack([transform_field(model(transform_field(bar, g, e)), g, inv[e])
+                                      for e in range(g.order)]).mean(0)
+                    sym = ((fb - y[:, t]) ** 2).double().mean((1, 2, 3))
+                    gain += sym - ((f - y[:, t]) ** 2).double().mean((1, 2, 3))
+                    mse += sym
+                    own, bar = torch.cat([own[:, 2:], f], 1), torch.cat([bar[:, 2:], fb], 1)
+                gains.append(gain)
+                mses.append(mse)
+    finally:
+        model.train(was_training)
+    where = [windows.index(i) for i in picks]
+    sims = np.asarray([w[0] for w in where])
+    return xr.Dataset(
+        {"gain": ("window", torch.cat(gains).numpy(),
+                  dict(long_name="gain of the relaxed model over its group average",
+                       definition=f"sum over a {steps}-step rollout of MSE(fbar, y) - MSE(f, y)")),
+         "mse": ("window", torch.cat(mses).numpy(),
+                 dict(long_name=f"{steps}-step summed MSE of the group-averaged model"))},
+        coords={"sim": ("window", sims), "start": ("window", np.asarray([w[1] for w in where])),
+                "orbit": ("window", ds["orbit"].values[sims]),
+                "member": ("window", ds["orbit_element"].values[sims])})
+
+
+def _robust_z2(g: np.ndarray) -> np.ndarray:
+    """Squared robust z-scores along the last axis (median / 1.4826 MAD); 0 where flat."""
+    med = np.median(g, -1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(g - med), -1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(mad > 0, (g - med) / np.where(mad > 0, mad, 1.0), 0.0)
+    return z ** 2
+
+
+def boundary_scan(maps: np.ndarray, margin: int = 3) -> xr.Dataset:
+    """Where weight maps ``[..., H, W]`` jump most, along each axis.
+
+    Per leading index (layer, bank, seed...) the profile along an axis (mean over the other)
+    keeps the cells ``margin`` or more from the walls and is differenced; the differences become
+    squared robust z-scores, averaged over the leading indices: ``statistic(axis, position)``,
+    position ``p`` being the boundary between cells ``p - 1`` and ``p`` (cells from the
+    lower-left corner). All-zero maps give 0."""
+    maps = np.asarray(maps, dtype=np.float64)
+    h, w = maps.shape[-2:]
+    flat = maps.reshape(-1, h, w)
+    stats, positions, axes = [], [], []
+    for axis, n in (("x", w), ("y", h)):
+        profile = flat.mean(1 if axis == "x" else 2)[:, margin:n - margin]
+        if profile.shape[-1] < 3:
+            continue
+        diff = np.diff(profile, axis=-1)
+        stats.append(_robust_z2(diff).mean(0))
+        positions.append(np.arange(margin + 1, n - margin))
+        axes.append(np.full(diff.shape[-1], axis))
+    return xr.Dataset({"statistic": ("candidate", np.concatenate(stats),
+                                     dict(long_name="boundary statistic",
+                                          definition="mean over layers, banks and seeds of the "
+                                                     "squared robust z-score of the profile "
+                                                     "difference"))},
+                      coords={"axis": ("candidate", np.concatenate(axes)),
+                              "position": ("candidate", np.concatenate(positions))})
+
+
+# ------------------------------------------------------------------------------ records
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DiscoveryError(f"{path}: missing") from None
+    except (OSError, ValueError) as err:
+        raise DiscoveryError(f"{path}: unreadable ({err})") from None
+
+
+class Discovery:
+    """One discovery record: a folder with ``request.json``, ``status.json``, the constructed
+    ``null.nc``, ``runs/`` (a run store with its training runs, so no other job manager picks
+    them up and deleting the record deletes them), and when done ``result.json`` (the verdict)
+    and ``evidence.nc`` (the verdict's Dataset). Files are replaced atomically;
+    ``cancel.request`` asks the driver to stop."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.id = self.path.name
+
+    def __repr__(self) -> str:
+        return f"Discovery({str(self.path)!r})"
+
+    @property
+    def runs(self) -> RunStore:
+        """The record's own run store (folder ``runs/``): its training runs."""
+        return RunStore(self.path / "runs")
+
+    @property
+    def request(self) -> dict:
+        return _read(self.path / "request.json")
+
+    def status(self) -> dict:
+        return _read(self.path / "status.json")
+
+    def update_status(self, **values) -> dict:
+        status = {**self.status(), **values, "updated": _now()}
+        atomic_write_json(self.path / "status.json", status)
+        return status
+
+    def result(self) -> dict | None:
+        path = self.path / "result.json"
+        return _read(path) if path.exists() else None
+
+    def evidence(self) -> xr.Dataset | None:
+        path = self.path / "evidence.nc"
+        if not path.exists():
+            return None
+        with xr.open_dataset(path, engine="h5netcdf") as ds:
+            return ds.load()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return (self.path / "cancel.request").exists()
+
+
+class DiscoveryStore:
+    """The discovery records of one run store (folder ``<runs root>/discoveries``)."""
+
+    def __init__(self, runs_root: str | os.PathLike):
+        self.runs_root = Path(runs_root)
+        self.root = self.runs_root / RECORDS
+
+    def create(self, request: dict) -> Discovery:
+        self.root.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        group = "".join(c for c in str(request["group"]) if c.isalnum())
+        name = Path(str(request["data"])).stem
+        tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=self.root))
+        try:
+            atomic_write_json(tmp / "request.json", dict(request, created=_now()))
+            atomic_write_json(tmp / "status.json", dict(state="queued", progress=0.0, runs=[],
+                                                        message="", error=None, updated=_now()))
+            for attempt in range(100):
+                path = self.root / (f"{stamp}-{name}-{group}" + (f"-{attempt}" if attempt else ""))
+                try:
+                    os.rename(tmp, path)
+                    return Discovery(path)
+                except OSError:
+                    continue
+            raise DiscoveryError(f"cannot name a new discovery record in {self.root}")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def get(self, discovery_id: str) -> Discovery:
+        path = self.root / discovery_id
+        if "/" in discovery_id or discovery_id.startswith(".") or not path.is_dir():
+            raise DiscoveryError(f"no discovery {discovery_id!r} in {self.root}")
+        return Discovery(path)
+
+    def list(self) -> list[dict]:
+        """One row per record, oldest first: id, data, group, state, progress, broken,
+        significance, error."""
+        if not self.root.is_dir():
+            return []
+        rows = []
+        for path in sorted(p for p in self.root.iterdir()
+                           if p.is_dir() and not p.name.startswith(".")):
+            rec = Discovery(path)
+            try:
+                request, status = rec.request, rec.status()
+                result = rec.result() or {}
+            except DiscoveryError as err:
+                rows.append(dict(id=rec.id, state="damaged", error=str(err)))
+                continue
+            rows.append(dict(id=rec.id, data=Path(str(request.get("data"))).name,
+                             group=request.get("group"), state=status.get("state"),
+                             progress=status.get("progress"), broken=result.get("broken"),
+                             significance=result.get("significance"),
+                             error=status.get("error"), created=request.get("created")))
+        return rows
+
+
+def request_cancel(record: Discovery) -> None:
+    (record.path / "cancel.request").touch()
+
+
+# ------------------------------------------------------------------------------ driver
+def _training(protocol: Protocol, seed: int, **extra) -> dict:
+    return dict(batch_size=protocol.batch_size, batches_per_epoch=protocol.batches_per_epoch,
+                lr=protocol.lr, valid_samples=protocol.valid_samples, device=protocol.device,
+                threads=protocol.threads, seed=seed, **extra)
+
+
+def _spec(protocol: Protocol, group: str, alpha: float) -> dict:
+    return dict(name="rgroup", group=group, in_frames=protocol.in_frames,
+                hidden_dim=protocol.hidden_dim, num_layers=protocol.num_layers,
+                num_banks=protocol.num_banks, alpha=alpha)
+
+
+class _Cancelled(Exception):
+    pass
+
+
+def _wait(manager, record: Discovery, run_ids: list[str], planned: int,
+          progress: Callable[[float, str], None] | None, cancel: Callable[[], bool] | None,
+          done_before: int = 0) -> None:
+    """Poll until ``run_ids`` are final; report progress over ``planned`` runs; on cancel,
+    cancel them and raise _Cancelled."""
+    while True:
+        statuses = [manager.status(r) for r in run_ids]
+        if (cancel is not None and cancel()) or record.cancel_requested:
+            for r in run_ids:
+                manager.cancel(r)
+            raise _Cancelled()
+        finished = sum(s.get("state") in FINAL for s in statuses)
+        fraction = (done_before + sum(1.0 if s.get("state") in FINAL else
+                                      float(s.get("progress") or 0) for s in statuses)) / planned
+        message = f"{done_before + finished} of {planned} training runs finished"
+        record.update_status(progress=min(1.0, fraction), message=message)
+        if progress is not None:
+            progress(min(1.0, fraction), message)
+        if finished == len(run_ids):
+            failed = [r for r, s in zip(run_ids, statuses) if s.get("state") != "done"]
+            if failed:
+                errors = "; ".join(f"{r}: {manager.status(r).get('error')}" for r in failed)
+                raise DiscoveryError(f"{len(failed)} training run(s) did not finish: {errors}")
+            return
+        time.sleep(manager.poll)
+
+
+def discover(data: str | os.PathLike, group: str, *, control: str | os.PathLike | None = None,
+             seeds: int = 3, protocol: Protocol | str = "default", budget: float = 1.0,
+             runs: str | os.PathLike = "runs", manager=None, scheduler=None,
+             record: Discovery | None = None,
+             progress: Callable[[float, str], None] | None = None,
+             cancel: Callable[[], bool] | None = None) -> xr.Dataset:
+    """Run one discovery (see the module docstring) and return its verdict Dataset.
+
+    ``data`` and ``control`` are dataset files; ``runs`` the run store root whose
+    ``discoveries/`` folder gets the record (with the training runs in the record's own store);
+    ``manager`` a :class:`core.jobs.JobManager` to train with (its store then holds the runs),
+    else one is made on the record's store (local worker processes, two at a time, or a Dask
+    cluster with ``scheduler``: its workers must see the record's folder). ``progress(fraction, message)`` is called while runs train; ``cancel()``
+    returning True (or ``cancel.request`` in the record) cancels the runs and raises
+    ``InterruptedError``. Bad input raises DiscoveryError before anything is written.
+    """
+    from .jobs import JobManager
+
+    started = time.perf_counter()
+    proto = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    if isinstance(protocol, str) and protocol not in PROTOCOLS:
+        raise DiscoveryError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    proto = proto.scaled(budget)
+    data_path = Path(data).resolve()
+    ds = _load(data_path, "DATA")
+    g = _group(group)
+    control_path = Path(control).resolve() if control is not None else None
+    ctrl = _load(control_path, "the control") if control_path is not None else None
+    check_request(ds, g, ctrl, seeds, proto)
+    if record is None:
+        record = DiscoveryStore(runs).create(dict(
+            data=str(data_path), group=g.name, control=str(control_path) if control_path else None,
+            seeds=seeds, protocol=asdict(proto), budget=budget))
+    record.update_status(state="running", pid=os.getpid(), host=socket.gethostname(),
+                         message="preparing the null", error=None)
+    own_manager = manager is None
+    if own_manager:  # the record's own run store: no other manager dispatches these runs
+        manager = JobManager(record.runs, scheduler=scheduler, max_cpu_jobs=2, poll=0.5)
+    try:
+        if ctrl is not None:
+            null_path, null_kind = control_path, "control"
+        else:
+            null = (symmetric_twin(ds, device=proto.device) if isinstance(g, TranslationGroup)
+                    else symmetrized_orbits(ds, g))
+            null_path, null_kind = record.path / "null.nc", null.attrs["null"].split(":")[0]
+            save_dataset(null, null_path)
+        if isinstance(g, TranslationGroup):
+            evidence = _translation(manager, record, ds, data_path, null_path, seeds, proto,
+                                    progress, cancel)
+        else:
+            evidence = _rotation(manager, record, ds, data_path, null_path, g, seeds, proto,
+                                 progress, cancel)
+        evidence.attrs.update(data=str(data_path), null=null_kind, null_path=str(null_path),
+                              run_store=str(manager.store.root),
+                              discovery=record.id, seeds=seeds, budget=budget,
+                              seconds=time.perf_counter() - started,
+                              protocol=json.dumps(asdict(proto)))
+        evidence.to_netcdf(record.path / ".evidence.tmp", engine="h5netcdf")
+        os.replace(record.path / ".evidence.tmp", record.path / "evidence.nc")
+        atomic_write_json(record.path / "result.json", verdict_json(evidence))
+        record.update_status(state="done", progress=1.0, message=_sentence(evidence))
+        return evidence
+    except _Cancelled:
+        record.update_status(state="cancelled", message="cancelled by request")
+        raise InterruptedError(f"discovery {record.id} cancelled") from None
+    except BaseException as err:
+        record.update_status(state="failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        if own_manager:
+            manager.shutdown()
+
+
+def _tags(record: Discovery, role: str, seed: int) -> dict:
+    return dict(discovery=record.id, role=role, seed=seed)
+
+
+def _submit(manager, record, spec, training, path, role, seed) -> str:
+    run_id = manager.submit(spec, training, path, tags=_tags(record, role, seed))
+    record.update_status(runs=record.status().get("runs", []) + [run_id])
+    return run_id
+
+
+def _translation(manager, record, ds, data_path, null_path, seeds, proto, progress, cancel):
+    spec = _spec(proto, "translation", proto.alpha)
+    pairs = []
+    for seed in range(seeds):
+        training = _training(proto, seed, epochs=proto.epochs, relaxed_lr=proto.relaxed_lr)
+        pairs.append((_submit(manager, record, spec, training, data_path, "data", seed),
+                      _submit(manager, record, spec, training, null_path, "null", seed)))
+    ids = [r for pair in pairs for r in pair]
+    _wait(manager, record, ids, len(ids), progress, cancel)
+
+    def maps(run_id):
+        model = manager.store.get(run_id).load_model("last")
+        return torch.stack([w.detach().double() for w in model.relaxed_weights().values()])
+
+    data_maps = torch.stack([maps(d) for d, _ in pairs]).numpy()  # [seed, layer, bank, H, W]
+    null_maps = torch.stack([maps(n) for _, n in pairs]).numpy()
+    diff = data_maps - null_maps
+    per_seed = [boundary_scan(diff[s], proto.margin) for s in range(seeds)]
+    axes, positions = per_seed[0]["axis"].values, per_seed[0]["position"].values
+    stats = np.stack([p["statistic"].values for p in per_seed])
+    combined = stats.mean(0)  # = the scan of all seeds' profiles together
+    best, prominence = _prominence(combined, axes, positions)
+    significance = 0.0 if not np.any(diff) else prominence
+    seed_found = [_prominence(st, axes, positions) for st in stats]
+    seed_positions = [f"{axes[k]}={int(positions[k])} ({p:.1f})" for k, p in seed_found]
+    scan = xr.Dataset({"statistic": ("candidate", combined)}, coords=per_seed[0].coords)
+    dims = ("layer", "bank", "y", "x")
+    coords = {"layer": np.arange(diff.shape[1]), "bank": np.arange(diff.shape[2]),
+              "y": np.arange(diff.shape[3]) + 0.5, "x": np.arange(diff.shape[4]) + 0.5,
+              "seed": np.arange(seeds)}
+    out = xr.Dataset(
+        {"difference": (dims, diff.mean(0), dict(long_name="relaxed weights, data minus null",
+                                                 note="mean over seeds")),
+         "data_weights": (dims, data_maps.mean(0), dict(long_name="relaxed weights of the data "
+                                                                  "runs (mean over seeds)")),
+         "null_weights": (dims, null_maps.mean(0), dict(long_name="relaxed weights of the null "
+                                                                  "runs (mean over seeds)")),
+         "boundary_statistic": scan["statistic"],
+         "seed_statistic": (("seed", "candidate"), stats,
+                            dict(long_name="boundary statistic of each seed's difference")),
+         "data_runs": ("seed", [d for d, _ in pairs]), "null_runs": ("seed", [n for _, n in pairs]),
+         "seed_boundary": ("seed", seed_positions)},
+        coords={**coords, "axis": scan["axis"], "position": scan["position"]})
+    agreeing = sum(axes[k] == axes[best] and abs(positions[k] - positions[best]) <= 2
+                   and p >= THRESHOLDS["translation"] for k, p in seed_found)
+    broken = bool(significance >= THRESHOLDS["translation"] and agreeing >= (seeds + 1) // 2)
+    out.attrs.update(group="translation", kind="translation", broken=int(broken),
+                     significance=float(significance),
+                     significance_method=SIGNIFICANCE_METHODS["translation"],
+                     threshold=THRESHOLDS["translation"],
+                     boundary_axis=str(axes[best]), boundary_position=float(positions[best]),
+                     boundary_statistic=float(combined[best]),
+                     runner_up=float(combined[best]) / prominence if prominence > 0 else 0.0,
+                     seeds_agreeing=int(agreeing))
+    return out
+
+
+def _prominence(statistic: np.ndarray, axes: np.ndarray, positions: np.ndarray,
+                reach: int = 2) -> tuple[int, float]:
+    """The best candidate and how far it stands out: its statistic over the largest one more
+    than ``reach`` cells away from it (or on the other axis)."""
+    best = int(np.argmax(statistic))
+    away = ~((axes == axes[best]) & (np.abs(positions - positions[best]) <= reach))
+    rest = float(statistic[away].max()) if away.any() else 0.0
+    top = float(statistic[best])
+    return best, (min(top / rest, 1e6) if rest > 0 else (1e6 if top > 0 else 0.0))
+
+
+def _member_angles(ds: xr.Dataset) -> dict[int, float | None]:
+    """Angle (degrees, counter-clockwise from +x about the box centre) of each orbit member's
+    inflow, from the recorded positions; None without them."""
+    out = {}
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    for e in np.unique(ds["orbit_element"].values):
+        if "inflow_x" not in ds.coords:
+            out[int(e)] = None
+            continue
+        sims = np.flatnonzero(ds["orbit_element"].values == e)
+        dx = np.nanmean(ds["inflow_x"].values[sims, 0]) - w / 2
+        dy = np.nanmean(ds["inflow_y"].values[sims, 0]) - h / 2
+        out[int(e)] = float(np.degrees(np.arctan2(dy, dx)) % 360)
+    return out
+
+
+def _unit_table(gains: list[xr.Dataset], members: list[int], block: int = 10) -> np.ndarray:
+    """``[units, members]``: mean gain (averaged over seeds) of each member in each unit, a unit
+    being one orbit during one block of ``block`` start times (every member is in every unit)."""
+    first = gains[0]
+    mean_gain = np.mean([p["gain"].values for p in gains], 0)
+    unit = first["orbit"].values.astype(np.int64) * 1_000_000 + first["start"].values // block
+    units = np.unique(unit)
+    table = np.full((len(units), len(members)), np.nan)
+    for i, u in enumerate(units):
+        for j, e in enumerate(members):
+            pick = (unit == u) & (first["member"].values == e)
+            if pick.any():
+                table[i, j] = mean_gain[pick].mean()
+    return table[~np.isnan(table).any(1)]
+
+
+def _direction_tests(table: np.ndarray, angles: list[float]) -> dict:
+    """Two tests on the units' member gains, each a t statistic over units (mean / standard
+    error of the mean):
+
+    * direction (the frequency-1 part of the gains over the member positions): per unit the
+      resultant ``r_u = sum_e gain_u(e) (cos theta_e, sin theta_e)``; ``phi`` = angle of the mean
+      resultant; ``t_direction`` = mean of ``r_u . (cos phi, sin phi)`` over its standard error.
+      Under no breaking (independent units) it is about as large as the length of a 2-d
+      standard normal: P(>= 3) is about 1 %.
+    * axis (the period-2 part, members a half turn apart alike): per unit
+      ``sum_e (-1)^{theta_e / 90} gain_u(e)``; ``t_axis`` = |mean| / standard error (only when
+      the members sit on both axes).
+    """
+    theta = np.radians(np.asarray(angles))
+    n = table.shape[0]
+    out = dict(phi=math.nan, t_direction=0.0, t_axis=0.0, axis_sign=0.0)
+    if n < 2:
+        return out
+    resultant = table @ np.stack([np.cos(theta), np.sin(theta)], 1)  # [units, 2]
+    mean = resultant.mean(0)
+    if np.any(mean):
+        phi = math.atan2(mean[1], mean[0])
+        proj = resultant @ np.array([math.cos(phi), math.sin(phi)])
+        se = proj.std(ddof=1) / math.sqrt(n)
+        out.update(phi=math.degrees(phi) % 360,
+                   t_direction=float(proj.mean() / se) if se > 0 else math.inf)
+    parity = np.round(np.asarray(angles) / 90.0).astype(int) % 2
+    if 0 < parity.sum() < len(parity):
+        axis = table @ np.where(parity == 0, 1.0, -1.0)
+        se = axis.std(ddof=1) / math.sqrt(n)
+        if se > 0:
+            out.update(t_axis=float(abs(axis.mean()) / se), axis_sign=float(np.sign(axis.mean())))
+    return out
+
+
+def _rotation(manager, record, ds, data_path, null_path, g, seeds, proto, progress, cancel):
+    spec = _spec(proto, g.name, 0.0)
+    planned = 3 * seeds
+    strict = [_submit(manager, record, spec, _training(proto, s, epochs=proto.strict_epochs,
+                                                       orbit_batches=True, train_params="shared"),
+                      data_path, "strict", s) for s in range(seeds)]
+    _wait(manager, record, strict, planned, progress, cancel)
+    relax, pairs = [], []
+    for s, base in enumerate(strict):
+        training = _training(proto, s, epochs=proto.relax_epochs, orbit_batches=True,
+                             train_params="relaxed", relaxed_lr=proto.relax_lr,
+                             lr_decay=proto.relax_decay,
+                             init_weights=str(manager.store.get(base).path))
+        pair = (_submit(manager, record, spec, training, data_path, "data", s),
+                _submit(manager, record, spec, training, null_path, "null", s))
+        pairs.append(pair)
+        relax += pair
+    _wait(manager, record, relax, planned, progress, cancel, done_before=len(strict))
+    record.update_status(message="reading the relaxed weights")
+    null_ds = load_dataset(null_path)
+    members = sorted(int(e) for e in np.unique(ds["orbit_element"].values))
+    gains, weights = {}, {}
+    for role, source, starts in (("data", ds, proto.readout_starts),
+                                 ("null", null_ds, max(1, proto.readout_starts // 4))):
+        per_seed, w_seed = [], []
+        for pair in pairs:
+            model = manager.store.get(pair[0 if role == "data" else 1]).load_model("last")
+            per_seed.append(member_gains(model, source, g, starts=starts))
+            w_seed.append(np.stack([w.detach().double().numpy()
+                                    for w in model.relaxed_weights().values()]))
+        gains[role], weights[role] = per_seed, np.stack(w_seed)
+    located = _member_angles(ds)
+    relative = any(located[e] is None for e in members)  # no inflow positions recorded
+    angles = [90.0 * e if relative else located[e] for e in members]
+    null_table = _unit_table(gains["null"], members)
+    # the null's gains are what training and readout give without any asymmetry in the data
+    # (float rounding for the exactly symmetric nulls); the data must clearly exceed them
+    table = _unit_table(gains["data"], members) - np.nanmean(null_table, 0)
+    tests = _direction_tests(table, angles)
+    scale = float(np.mean([p["mse"].values.mean() for p in gains["data"]]))
+    floor = max(NULL_FACTOR * float(np.abs(null_table).max(initial=0.0)), ROUNDING * scale)
+    tiny = float(np.abs(table).max(initial=0.0)) <= floor
+    t_dir = 0.0 if tiny else tests["t_direction"]
+    t_axis = 0.0 if tiny else tests["t_axis"]
+    significance = max(t_dir, t_axis)
+    broken = bool(significance >= THRESHOLDS["group"])
+    kind = "direction" if t_dir >= t_axis else "axis"
+    phi = tests["phi"]
+    nearest = (int(np.argmin([abs(math.remainder(a - phi, 360.0)) for a in angles]))
+               if math.isfinite(phi) else 0)
+    label = None if relative or not math.isfinite(phi) else \
+        LABELS[int(round(angles[nearest] / 90.0)) % 4 * 90]
+    invariant = ([str(el) for el in g.elements()] if not broken
+                 else _stabilizer(g, angles, nearest if kind == "direction" else None))
+    member_gain = {role: np.asarray([[p["gain"].values[p["member"].values == e].mean()
+                                      for e in members] for p in gains[role]])
+                   for role in ("data", "null")}
+    coords = {"member": members, "seed": np.arange(seeds), "role": ["data", "null"],
+              "member_angle": ("member", np.asarray(angles, dtype=np.float64)),
+              "member_label": ("member", [LABELS.get(int(round(a / 90.0)) % 4 * 90, "")
+                                          if not relative else "" for a in angles]),
+              "layer": np.arange(weights["data"].shape[1]),
+              "bank": np.arange(weights["data"].shape[2]),
+              "element": [str(e) for e in g.elements()]}
+    out = xr.Dataset(
+        {"gain": (("role", "seed", "member"), np.stack([member_gain["data"], member_gain["null"]]),
+                  dict(long_name="mean gain per orbit member",
+                       definition="sum over a 6-step rollout of MSE(fbar, y) - MSE(f, y), "
+                                  "mean over the member's training windows")),
+         "unit_gain": (("unit", "member"), table,
+                       dict(long_name="gain per unit (orbit x 10 start times), mean over seeds")),
+         "weights": (("role", "seed", "layer", "bank", "element"),
+                     np.stack([weights["data"], weights["null"]]),
+                     dict(long_name="relaxed weights w[l, g]")),
+         "strict_runs": ("seed", strict), "data_runs": ("seed", [p[0] for p in pairs]),
+         "null_runs": ("seed", [p[1] for p in pairs])},
+        coords=coords)
+    out.attrs.update(group=g.name, kind="group", broken=int(broken),
+                     significance=float(significance),
+                     significance_method=SIGNIFICANCE_METHODS["group"],
+                     threshold=THRESHOLDS["group"],
+                     t_direction=float(t_dir), t_axis=float(t_axis), breaking_kind=kind,
+                     named_member=int(members[nearest]),
+                     direction_angle=float(phi) if math.isfinite(phi) else math.nan,
+                     direction_relative=int(relative), direction_label=label or "",
+                     invariant_subgroup=",".join(invariant), units=int(table.shape[0]))
+    return out
+
+
+def _stabilizer(g: _PlanarGroup, angles: list[float], named: int | None) -> list[str]:
+    """Elements of ``g`` that keep the detected pattern: the named member's position when the
+    breaking has a direction (``named``), else the two axes (members a half turn apart)."""
+    keep = []
+    for el in g.elements():
+        mat = el.matrix.numpy()
+
+        def moved(a):
+            v = mat @ np.array([math.cos(math.radians(a)), math.sin(math.radians(a))])
+            return math.degrees(math.atan2(v[1], v[0])) % 360
+
+        if named is not None:
+            ok = abs(math.remainder(moved(angles[named]) - angles[named], 360.0)) < 1e-6
+        else:
+            ok = all(round(moved(a) / 90.0) % 2 == round(a / 90.0) % 2 for a in angles)
+        if ok:
+            keep.append(str(el))
+    return keep
+
+
+# ------------------------------------------------------------------------------ output
+def verdict_json(evidence: xr.Dataset) -> dict:
+    """The JSON verdict of ``python -m core discover --json`` from an evidence Dataset."""
+    a = evidence.attrs
+    out = dict(group=a["group"], broken=bool(a["broken"]), significance=float(a["significance"]),
+               significance_method=a["significance_method"], null=a.get("null"),
+               data=a.get("data"), discovery=a.get("discovery"), seeds=int(a.get("seeds", 0)),
+               seconds=float(a.get("seconds", math.nan)))
+    if a["kind"] == "translation":
+        out["boundary"] = dict(axis=a["boundary_axis"], position=float(a["boundary_position"]))
+        out["runs"] = [str(r) for r in evidence["data_runs"].values] + \
+            [str(r) for r in evidence["null_runs"].values]
+    else:
+        angle = a.get("direction_angle")
+        out["direction"] = dict(angle_deg=None if angle is None or not math.isfinite(angle)
+                                else float(angle), label=a.get("direction_label") or None,
+                                member=int(a["named_member"]),
+                                relative_to_base=bool(a.get("direction_relative", 0)))
+        out["breaking_kind"] = a.get("breaking_kind")
+        out["t_direction"], out["t_axis"] = float(a["t_direction"]), float(a["t_axis"])
+        out["invariant_subgroup"] = a["invariant_subgroup"].split(",")
+        out["runs"] = [str(r) for v in ("strict_runs", "data_runs", "null_runs")
+                       for r in evidence[v].values]
+    out["run_store"] = evidence.attrs.get("run_store")
+    return out
+
+
+def _sentence(evidence: xr.Dataset) -> str:
+    a = evidence.attrs
+    head = (f"{a['group']}: {'broken' if a['broken'] else 'no breaking found'} "
+            f"(significance {a['significance']:.3g})")
+    if a["kind"] == "translation":
+        return head + f"; strongest boundary {a['boundary_axis']} = {a['boundary_position']:g}"
+    where = a.get("direction_label") or f"member {a['named_member']}"
+    return head + f"; the data treats the {where} member differently"
+
+
+def launch(data: str | os.PathLike, group: str, *, runs: str | os.PathLike,
+           control: str | os.PathLike | None = None, seeds: int = 3, budget: float = 1.0,
+           protocol: str = "default") -> Discovery:
+    """Check the request, create its record and run it in a detached ``python -m core
+    discover`` process (the dashboard's Discover button); returns the record to watch."""
+    proto = PROTOCOLS.get(protocol)
+    if proto is None:
+        raise DiscoveryError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    ds = _load(data, "DATA")
+    ctrl = _load(control, "the control") if control is not None else None
+    g = _group(group)
+    check_request(ds, g, ctrl, seeds, proto.scaled(budget))
+    record = DiscoveryStore(runs).create(dict(
+        data=str(Path(data).resolve()), group=g.name, seeds=seeds, budget=budget,
+        control=str(Path(control).resolve()) if control else None,
+        protocol=asdict(proto.scaled(budget))))
+    cmd = [sys.executable, "-m", "core", "discover", str(Path(data).resolve()), "--group", g.name,
+           "--seeds", str(seeds), "--budget", str(budget), "--protocol", protocol,
+           "--runs", str(Path(runs).resolve()), "--record", str(record.path)]
+    if control is not None:
+        cmd += ["--control", str(Path(control).resolve())]
+    with open(record.path / "driver.log", "ab") as log:
+        subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         cwd=str(Path(__file__).resolve().parents[1]))
+    return record
