@@ -9,8 +9,8 @@ import holoviews as hv
 import panel as pn
 
 from dashboard.state import ExperimentState, Services
-from dashboard.views import (BreakingView, EquivarianceView, ExperimentPanel, JobsView,
-                             RolloutView, RunsCatalog, SweepView)
+from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, ExperimentPanel,
+                             JobsView, RolloutView, RunsCatalog, SweepView)
 
 TITLE = "Relaxed-Equivariance Explorer"
 REFRESH_MS = 1000
@@ -31,12 +31,17 @@ class ExplorerApp(pn.viewable.Viewer):
         self.rollout = RolloutView(self.state)
         self.equivariance = EquivarianceView(self.state)
         self.sweep = SweepView(self.state)
-        self.tabs = pn.Tabs(("Runs", self.catalog), ("Jobs", self.jobs),
-                            ("Symmetry breaking", self.breaking), ("Rollout", self.rollout),
-                            ("Equivariance", self.equivariance), ("Sweep", self.sweep),
-                            sizing_mode="stretch_width")
-        self._views = [None, self.jobs, self.breaking, self.rollout, self.equivariance, self.sweep]
+        self.discovery = DiscoveryView(self.state)
+        tabs = [("Runs", self.catalog), ("Jobs", self.jobs),
+                 ("Symmetry breaking", self.breaking), ("Discovery", self.discovery),
+                 ("Rollout", self.rollout), ("Equivariance", self.equivariance),
+                 ("Sweep", self.sweep)]
+        self._tab_names = [name for name, _ in tabs]
+        self.tabs = pn.Tabs(*tabs, sizing_mode="stretch_width")
+        self._views = [None, self.jobs, self.breaking, self.discovery, self.rollout,
+                       self.equivariance, self.sweep]
         self.tabs.param.watch(self._show_tab, "active")
+        self.state.param.watch(self._focus, "focus")
         self._show_tab()
         self.refresh()
         self._callback = None
@@ -47,6 +52,12 @@ class ExplorerApp(pn.viewable.Viewer):
             if view is not None:
                 view.active = i == self.tabs.active
 
+    def _focus(self, event):
+        """A view asked for another tab (e.g. Symmetry breaking -> Discovery)."""
+        if event.new in self._tab_names:
+            self.tabs.active = self._tab_names.index(event.new)
+        self.state.focus = ""
+
     def refresh(self) -> None:
         """One batched update of everything that watches the run store."""
         rows = self.state.services.catalog()  # one listing of the run stores per refresh
@@ -54,6 +65,7 @@ class ExplorerApp(pn.viewable.Viewer):
             self.catalog.poll(rows)
             self.jobs.poll([r for r in rows if r["store"] == "runs"])
             self.experiment.poll()
+            self.discovery.poll()
 
     def start(self) -> None:
         if self._callback is None:

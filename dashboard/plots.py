@@ -23,6 +23,7 @@ __all__ = [
     "weights_heatmaps", "breaking_bars", "training_curves", "rollout_curves", "flow_frames",
     "flow_panel", "speed", "vorticity", "equivariance_bars", "equivariance_vs_data",
     "sweep_plot", "zero_alpha_position", "runs_table_frame", "message", "TABLE_COLUMNS",
+    "discovery_gains", "discovery_maps", "boundary_profile", "discovery_weights",
 ]
 
 PALETTE = tuple(Category10_10)
@@ -137,6 +138,110 @@ def _image(x, y, z, kdims, vdim) -> hv.Image:
 
 def _layout(panels: list, cols: int) -> hv.Layout:
     return hv.Layout(panels).cols(max(1, min(cols, len(panels))))
+
+
+# ------------------------------------------------------------------------------------ discovery
+def discovery_gains(evidence: xr.Dataset) -> hv.Overlay | hv.Element:
+    """Bars of each orbit member's mean rollout gain (how much the relaxed model beats its own
+    group average on that member's windows), data beside null, with the seeds' spread as error
+    bars; members are named by where their inflow sits (bottom, right, top, left)."""
+    if not isinstance(evidence, xr.Dataset) or "gain" not in evidence:
+        return message("n/a: no member gains", "discovery")
+    gain = evidence["gain"]
+    labels = [lab or f"member {m}" for lab, m in zip(
+        [str(v) for v in evidence["member_label"].values], evidence["member"].values)]
+    rows, errs = [], []
+    for role in ("data", "null"):
+        values = _floats(gain.sel(role=role).values)  # [seed, member]
+        mean = np.nanmean(values, 0)
+        spread = np.nanstd(values, 0) if values.shape[0] > 1 else np.zeros_like(mean)
+        for lab, m, sd in zip(labels, mean, spread):
+            rows.append((lab, role, float(m)))
+            errs.append((lab, role, float(m), float(sd)))
+    kdims = [hv.Dimension("member", label="orbit member"), hv.Dimension("role")]
+    vdim = hv.Dimension("gain", label="rollout gain over the group average")
+    bars = hv.Bars(rows, kdims, [vdim]).opts(
+        tools=["hover"], color=hv.dim("role").categorize({"data": _color(0), "null": "#999999"}),
+        xlabel="orbit member (where its inflow sits)", ylabel="gain (MSE units)",
+        title="Which member the relaxed weights help: data (colour) beside its null (grey)",
+        **_SIZE)
+    return bars * hv.ErrorBars(errs, kdims, [vdim, "spread"])
+
+
+def discovery_weights(evidence: xr.Dataset) -> hv.Layout | hv.Element:
+    """The relaxed weights minus their mean over the group, per layer (banks and seeds
+    averaged): the data runs beside the null runs, on shared symmetric colour limits."""
+    if not isinstance(evidence, xr.Dataset) or "weights" not in evidence:
+        return message("n/a: no relaxed weights", "discovery")
+    w = evidence["weights"]  # role, seed, layer, bank, element
+    dev = (w - w.mean("element")).mean(("seed", "bank"))
+    half = _half_range(dev.values, _peak(w.values))
+    panels = []
+    kdims = [hv.Dimension("element", label="group element"), hv.Dimension("layer")]
+    for role in ("data", "null"):
+        rows = [(str(e), str(int(layer)), float(dev.sel(role=role, layer=layer, element=e)))
+                for layer in dev["layer"].values for e in dev["element"].values]
+        panels.append(hv.HeatMap(rows, kdims, ["deviation"]).opts(
+            cmap=DIVERGING, clim=(-half, half), colorbar=True, tools=["hover"],
+            title=f"{role} runs: w - mean over elements", **_SIZE))
+    return _layout(panels, 2)
+
+
+def discovery_maps(evidence: xr.Dataset) -> hv.Layout | hv.Element:
+    """Translation discovery: the weight map of the layer and bank whose difference jumps most
+    at the found boundary, for the data runs, the null runs and their difference (seeds
+    averaged), with the found boundary dashed."""
+    if not isinstance(evidence, xr.Dataset) or "difference" not in evidence:
+        return message("n/a: no weight maps", "discovery")
+    axis = str(evidence.attrs.get("boundary_axis", "x"))
+    pos = _num(evidence.attrs.get("boundary_position"))
+    diff = evidence["difference"]
+    profile = diff.mean("y" if axis == "x" else "x")
+    coord = profile[axis].values
+    jump = np.abs(profile.where(np.abs(coord - pos) < 1.0).max(axis)
+                  - profile.where(np.abs(coord - pos) < 1.0).min(axis))
+    layer, bank = np.unravel_index(int(np.nanargmax(_floats(jump.values))), jump.shape)
+    x, y = diff["x"].values, diff["y"].values
+    line = (hv.VLine(pos) if axis == "x" else hv.HLine(pos)).opts(
+        color="black", line_dash="dashed", line_width=1.5)
+    panels = []
+    for name, title in (("data_weights", "data runs"), ("null_weights", "null runs"),
+                        ("difference", "data minus null")):
+        raw = _floats(evidence[name].values[layer, bank])
+        mean = 0.0 if name == "difference" else float(np.nanmean(raw))
+        half = _half_range(raw - mean, _peak(raw))
+        img = _image(x, y, raw, [_X, _Y], hv.Dimension("weight", label="relaxed weight")).opts(
+            cmap=DIVERGING, clim=(mean - half, mean + half), colorbar=True, tools=["hover"])
+        panels.append((img * line).opts(title=f"{title} (layer {layer}, bank {bank})",
+                                        data_aspect=1, **_SIZE))
+    return _layout(panels, 3)
+
+
+def boundary_profile(evidence: xr.Dataset) -> hv.Overlay | hv.Element:
+    """The boundary statistic of data minus null (all seeds together) at every candidate
+    position along x and y; dotted: the largest value away from the strongest candidate; dashed:
+    the level the strongest must reach to count as broken (threshold x that)."""
+    if not isinstance(evidence, xr.Dataset) or "boundary_statistic" not in evidence:
+        return message("n/a: no boundary statistic", "discovery")
+    stat = evidence["boundary_statistic"]
+    curves = []
+    for i, axis in enumerate(("x", "y")):
+        pick = stat["axis"].values == axis
+        if pick.any():
+            curves.append(hv.Curve((stat["position"].values[pick], _floats(stat.values[pick])),
+                                   hv.Dimension("position", label="boundary position",
+                                                unit="cells"),
+                                   "statistic", label=f"along {axis}").opts(
+                color=_color(i), line_width=2, tools=["hover"]))
+    rest = _num(evidence.attrs.get("runner_up"))
+    threshold = _num(evidence.attrs.get("threshold"))
+    if math.isfinite(rest) and rest > 0:
+        curves.append(hv.HLine(rest).opts(color="grey", line_dash="dotted"))
+        if math.isfinite(threshold):
+            curves.append(hv.HLine(rest * threshold).opts(color="black", line_dash="dashed"))
+    return hv.Overlay(curves).opts(
+        title="Boundary statistic of data minus null (dotted: largest elsewhere; dashed: broken "
+              "above)", legend_position="top_left", **_SIZE)
 
 
 # ------------------------------------------------------------------------------------ weights

@@ -98,6 +98,8 @@ class ExperimentPanel(pn.viewable.Viewer):
             (s.batches_per_epoch, "Batches per epoch"), (s.hidden_dim, "Hidden width"),
             (s.num_layers, "Layers"))]
         self.lr = pn.widgets.FloatInput.from_param(s.lr, name="Learning rate", step=1e-4)
+        self.relaxed_lr = pn.widgets.FloatInput.from_param(
+            s.relaxed_lr, name="Relaxed-weight learning rate (empty: same)", step=1e-3)
         self.device = pn.widgets.Select.from_param(s.device, name="Device")
         self.train_button = pn.widgets.Button(name="Train", button_type="primary")
         self.train_button.on_click(self._train)
@@ -113,7 +115,8 @@ class ExperimentPanel(pn.viewable.Viewer):
         self._sync_banks()
         self._layout = pn.Column(
             "### Experiment", self.dataset, self.group, self.model, self.banks, self.alpha,
-            pn.Card(*budget, self.lr, self.device, title="Training budget", collapsed=True),
+            pn.Card(*budget, self.lr, self.relaxed_lr, self.device, title="Training budget",
+                    collapsed=True),
             self.train_button, self.status,
             pn.Card(self.scenario, self.breaking, self.new_name, self.generate_button,
                     self.generation, title="Generate a dataset", collapsed=True),
@@ -313,6 +316,188 @@ class RunsCatalog(pn.viewable.Viewer):
         return self._layout
 
 
+@lru_cache(maxsize=16)
+def _evidence(path: str, mtime: float):
+    from core.discovery import Discovery
+
+    return Discovery(path).evidence()
+
+
+def evidence_of(record):
+    """A finished discovery's evidence Dataset, cached per evidence file."""
+    path = record.path / "evidence.nc"
+    with _lock:
+        return _evidence(str(record.path), path.stat().st_mtime)
+
+
+DISCOVERY_HELP = """
+**How to read it.** Relaxed models were trained on the data and on a *null*: the same data with
+the symmetry restored (or your control). Only the difference between the two is evidence.
+For rotations the bars show, for every orbit member (where its inflow sits), how much the
+relaxed weights improve the model over its own symmetric average: the member that gains most is
+the one the data treats differently; the null's bars stay at zero. For translation the maps show
+the learned per-pixel weights of the data runs, the null runs and their difference; the dashed
+line is the strongest boundary in the difference. The significance and its method are stated
+with the verdict; a verdict is only as good as its null.
+"""
+
+
+def _verdict_text(record, evidence) -> str:
+    a = evidence.attrs
+    verdict = "**Broken**" if a["broken"] else "**No breaking found**"
+    lines = [f"### Discovery `{record.id}`",
+             f"{verdict}: significance **{a['significance']:.3g}** (threshold "
+             f"{a.get('threshold', float('nan')):g}; {a['significance_method']})."]
+    if a["kind"] == "translation":
+        lines.append(f"Strongest boundary: **{a['boundary_axis']} = {a['boundary_position']:g}** "
+                     f"cells from the lower-left (per seed: "
+                     f"{', '.join(str(v) for v in evidence['seed_boundary'].values)}).")
+    else:
+        where = a.get("direction_label") or f"orbit member {a['named_member']}"
+        lines.append(f"The data treats the **{where}** member differently (direction "
+                     f"{a['direction_angle']:.0f} degrees; t along it {a['t_direction']:.2f}, "
+                     f"axis test {a['t_axis']:.2f}); invariant subgroup "
+                     f"{{{a['invariant_subgroup'].replace(',', ', ')}}}.")
+    lines.append(f"Null: {a['null']}. {int(a['seeds'])} seed(s), {a['seconds']:.0f} s; data "
+                 f"`{a['data'].split('/')[-1]}`.")
+    return "\n\n".join(lines)
+
+
+class DiscoveryView(pn.viewable.Viewer):
+    """Discover (a background job with progress and Cancel) and the verdict with its evidence
+    beside its null."""
+
+    active = param.Boolean(default=True, doc="render only while shown")
+
+    def __init__(self, state: ExperimentState | None = None, **params):
+        super().__init__(**params)
+        self.state = state or ExperimentState()
+        self.records = pn.widgets.Select(name="Discovery", options={}, sizing_mode="stretch_width")
+        self.records.param.watch(self._picked, "value")
+        self.control = pn.widgets.Select(name="Null", sizing_mode="stretch_width")
+        self.seeds = pn.widgets.IntSlider(name="Seeds", start=1, end=5, value=3)
+        self.budget = pn.widgets.FloatSlider(name="Budget (x epochs)", start=0.25, end=4.0,
+                                             step=0.25, value=1.0)
+        self.start = pn.widgets.Button(name="Discover", button_type="primary")
+        self.start.on_click(self._discover)
+        self.cancel = pn.widgets.Button(name="Cancel", button_type="warning", disabled=True)
+        self.cancel.on_click(self._cancel)
+        self.progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width",
+                                               visible=False)
+        self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.body = pn.Column(sizing_mode="stretch_width")
+        self._rows: list[dict] = []
+        self._states: dict[str, str] = {}
+        self._shown: tuple | None = None
+        self.param.watch(lambda _e: self.render(), "active")
+        self.state.param.watch(lambda _e: self._offer_nulls(), "dataset")
+        self._offer_nulls()
+        self.poll()
+        self._layout = pn.Column(
+            "### Discovery", pn.Row(self.records, sizing_mode="stretch_width"),
+            pn.Card(pn.pane.Markdown("Uses the dataset and symmetry group of the experiment "
+                                     "panel (translation, C<n> or D<n>)."),
+                    self.control, self.seeds, self.budget, pn.Row(self.start, self.cancel),
+                    self.progress, self.status, title="Discover", collapsed=False,
+                    sizing_mode="stretch_width"),
+            self.body, sizing_mode="stretch_width")
+
+    def _offer_nulls(self):
+        others = [d for d in self.state.services.datasets() if d != self.state.dataset]
+        self.control.options = {"built from the data": ""} | {f"control: {d}": d for d in others}
+
+    def _discover(self, _event=None):
+        try:
+            record = self.state.services.discover(
+                self.state.dataset, self.state.group, control=self.control.value or None,
+                seeds=self.seeds.value, budget=self.budget.value)
+        except ValueError as err:  # DiscoveryError, DatasetError: bad input
+            self.status.object = f"**Not started:** {err}"
+            _notify("error", f"Discovery not started: {err}")
+            return
+        self.status.object = f"Started `{record.id}`."
+        _notify("info", f"Discovery {record.id} started")
+        self.poll()
+        self.records.value = record.id
+
+    def _cancel(self, _event=None):
+        from core.discovery import request_cancel
+
+        if self.records.value:
+            request_cancel(self.state.services.discovery(self.records.value))
+            self.status.object = "Cancel requested."
+
+    def _picked(self, event):
+        self.state.discovery = event.new
+        self.render()
+
+    def poll(self) -> None:
+        """Records, progress of the shown one, notifications on transitions."""
+        rows = self.state.services.discoveries()
+        for r in rows:
+            before = self._states.get(r["id"])
+            if before in ("queued", "running") and r["state"] in ("done", "failed", "cancelled"):
+                kind = {"done": "success", "failed": "error", "cancelled": "warning"}[r["state"]]
+                _notify(kind, f"discovery {r['id']}: {r['state']}")
+            self._states[r["id"]] = r["state"]
+        options = {f"{r['id']} ({r['state']}, {r['store']})": r["id"] for r in rows}
+        if options != self.records.options:
+            self.records.options = options
+        if self.records.value not in options.values() and rows:
+            done = [r["id"] for r in rows if r["state"] == "done"]
+            self.records.value = (self.state.discovery if self.state.discovery in options.values()
+                                  else (done or [rows[-1]["id"]])[-1])
+        current = next((r for r in rows if r["id"] == self.records.value), None)
+        running = current is not None and current["state"] in ("queued", "running")
+        self.progress.visible = running
+        self.cancel.disabled = not running or current.get("store") != "runs"
+        if current is not None:
+            self.progress.value = int(100 * (current.get("progress") or 0))
+            if self._shown is None or self._shown[1] != current["state"]:
+                self.render()
+
+    def render(self) -> None:
+        if not self.active:
+            return
+        value = self.records.value
+        if not value:
+            objects = [_message("no discovery yet: press Discover")]
+            state = None
+        else:
+            try:
+                record = self.state.services.discovery(value)
+                status = record.status()
+                state = status.get("state")
+                if state == "done":
+                    evidence = evidence_of(record)
+                    objects = [pn.pane.Markdown(_verdict_text(record, evidence),
+                                                sizing_mode="stretch_width")]
+                    if evidence.attrs["kind"] == "translation":
+                        objects += [pn.pane.HoloViews(plots.discovery_maps(evidence),
+                                                      sizing_mode="stretch_width"),
+                                    pn.pane.HoloViews(plots.boundary_profile(evidence),
+                                                      sizing_mode="stretch_width")]
+                    else:
+                        objects += [pn.pane.HoloViews(plots.discovery_gains(evidence),
+                                                      sizing_mode="stretch_width"),
+                                    pn.pane.HoloViews(plots.discovery_weights(evidence),
+                                                      sizing_mode="stretch_width")]
+                    objects.append(pn.pane.Markdown(DISCOVERY_HELP, sizing_mode="stretch_width"))
+                else:
+                    objects = [_message(f"{value}: {state}"
+                                        + (f": {status.get('error')}" if status.get("error")
+                                           else f" ({status.get('message', '')})"))]
+            except Exception as err:  # show, never break the page
+                objects = [_message(f"cannot show this discovery: {type(err).__name__}: {err}")]
+                state = None
+        self._shown = (value, state)
+        with pn.io.hold():
+            self.body.objects = objects
+
+    def __panel__(self):
+        return self._layout
+
+
 class RunView(pn.viewable.Viewer):
     """Base for views of the first selected run (or a run given directly, for notebooks)."""
 
@@ -367,11 +552,17 @@ class BreakingView(RunView):
         score = analysis.attrs.get("breaking_score", float("nan"))
         head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
                 f"overall breaking score **{score:.3g}**")
-        return [pn.pane.Markdown(head, sizing_mode="stretch_width"),
+        link = pn.widgets.Button(name="Is the breaking real? Open the Discovery tab",
+                                 button_type="light")
+        link.on_click(lambda _e: setattr(self.state, "focus", "Discovery"))
+        return [pn.pane.Markdown(head, sizing_mode="stretch_width"), link,
                 pn.pane.HoloViews(plots.weights_heatmaps(analysis, boundary_x=boundary),
                                   sizing_mode="stretch_width"),
                 pn.pane.HoloViews(plots.breaking_bars(analysis), sizing_mode="stretch_width"),
-                pn.pane.Markdown(EXPLANATION, sizing_mode="stretch_width")]
+                pn.pane.Markdown(EXPLANATION + "\nWeights of one run can move by chance; the "
+                                 "**Discovery** tab compares relaxed models against a symmetric "
+                                 "null and gives a verdict with its significance.",
+                                 sizing_mode="stretch_width")]
 
 
 class RolloutView(RunView):
@@ -504,4 +695,4 @@ class SweepView(RunView):
 
 
 __all__ = ["ExperimentPanel", "JobsView", "RunsCatalog", "BreakingView", "RolloutView",
-           "EquivarianceView", "SweepView"]
+           "EquivarianceView", "SweepView", "DiscoveryView"]

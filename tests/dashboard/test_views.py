@@ -8,8 +8,8 @@ import pytest
 from core.datasets import generate, save_dataset
 from core.errors import SpecError
 from dashboard.state import ExperimentState, Services, alpha_value, valid_models
-from dashboard.views import (BreakingView, EquivarianceView, JobsView, RolloutView, RunsCatalog,
-                             SweepView)
+from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, JobsView,
+                             RolloutView, RunsCatalog, SweepView)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +118,35 @@ def test_catalog_selects_a_run_once_then_leaves_the_choice_to_the_user(state):
     catalog.table.selection = []
     catalog.poll()
     assert state.selected_runs == []
+
+
+def test_discovery_view_shows_the_shipped_verdicts_beside_their_nulls(state):
+    rows = state.services.discoveries()
+    shipped = {r["data"]: r for r in rows if r["store"] == "pretrained" and r["state"] == "done"}
+    assert {"discover-rotation.nc", "discover-translation.nc"} <= set(shipped)
+    view = DiscoveryView(state)
+    for data, needle in (("discover-rotation.nc", "member differently"),
+                         ("discover-translation.nc", "Strongest boundary")):
+        view.records.value = shipped[data]["id"]
+        text = " ".join(str(getattr(o, "object", "")) for o in view.body.objects)
+        assert needle in text and "significance" in text and "cannot show" not in text
+        assert sum(isinstance(o, pn.pane.HoloViews) for o in view.body.objects) >= 2
+
+
+def test_discover_refuses_bad_input_without_writing(state, services):
+    state.dataset, state.group = "tiny.nc", "SO2"
+    view = DiscoveryView(state)
+    before = services.discoveries()
+    view._discover()
+    assert "Not started" in view.status.object and "SO2" in view.status.object
+    state.group = "C4"  # tiny.nc has two orbits, one of them held out
+    view._discover()
+    assert "complete orbit" in view.status.object
+    assert services.discoveries() == before
+
+
+def test_breaking_view_links_to_the_discovery_tab(state):
+    shown = BreakingView(state, run_id="rotation-rgroup-C4")
+    link = next(o for o in shown.body.objects if isinstance(o, pn.widgets.Button))
+    link.clicks += 1
+    assert state.focus == "Discovery"
