@@ -42,14 +42,20 @@ FINAL = ("done", "failed", "cancelled")
 
 
 # ------------------------------------------------------------------------------ one job
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` runs on this host (a zombie, finished but not yet reaped,
+    counts as dead)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _timestamp(iso: str | None) -> float:
@@ -277,7 +283,7 @@ class JobManager:
             status = run.status()
             pid, where = status.get("pid"), status.get("host")
             if where == host and pid is not None:
-                dead = not _pid_alive(int(pid)) or self._is_zombie(int(pid))
+                dead = not process_alive(int(pid))
             else:
                 dead = time.time() - _timestamp(status.get("updated")) > self.stale_after
             if dead:
@@ -286,14 +292,6 @@ class JobManager:
                                           f"{where}); marked failed")
                 failed.append(row["id"])
         return failed
-
-    @staticmethod
-    def _is_zombie(pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().split(")")[-1].split()[0] == "Z"
-        except OSError:
-            return False
 
     def shutdown(self, cancel_running: bool = False) -> None:
         """Stop dispatching (running jobs continue unless ``cancel_running``)."""

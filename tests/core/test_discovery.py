@@ -213,3 +213,17 @@ def test_records_list_and_verdict_json(tmp_path):
     assert store.get(record.id).status()["state"] == "queued"
     with pytest.raises(DiscoveryError):
         store.get("../etc")
+
+
+def test_records_whose_driver_died_are_marked_failed(tmp_path):
+    import subprocess
+    import sys
+
+    store = DiscoveryStore(tmp_path)
+    record = store.create(dict(data="x.nc", group="C4", seeds=1))
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    import socket
+    record.update_status(state="running", pid=proc.pid, host=socket.gethostname())
+    [row] = store.list()
+    assert row["state"] == "failed" and "died" in row["error"]

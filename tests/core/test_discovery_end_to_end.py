@@ -98,3 +98,13 @@ def test_cli_prints_one_json_verdict(rotation, folder, capsys):
     assert {"request.json", "status.json", "result.json", "evidence.nc"} <= {
         p.name for p in record.iterdir()}
     assert len(list((record / "runs").iterdir())) == len(verdict["runs"]) == 3
+
+
+def test_a_dask_cluster_runs_the_training(rotation, folder):
+    """The same discovery with its runs on a Dask LocalCluster on 127.0.0.1."""
+    evidence = discover(rotation[0], "C4", protocol="quick", seeds=1, runs=folder / "dask-runs",
+                        scheduler="local")
+    verdict = verdict_json(evidence)
+    assert verdict["direction"]["label"] == "top", verdict
+    runs = folder / "dask-runs" / "discoveries" / evidence.attrs["discovery"] / "runs"
+    assert len([p for p in runs.iterdir() if (p / "weights.safetensors").exists()]) == 3
