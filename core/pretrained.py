@@ -95,8 +95,6 @@ def discoveries(out: str | Path, data_dir: str | Path = PROJECT_ROOT / "data", *
     """Run the shipped discoveries missing from ``out`` (all with ``force``); returns their ids."""
     import json
 
-    import xarray as xr
-
     from .discovery import DiscoveryStore, discover
 
     records = DiscoveryStore(out)
