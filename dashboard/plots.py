@@ -151,21 +151,22 @@ def discovery_gains(evidence: xr.Dataset) -> hv.Overlay | hv.Element:
     labels = [lab or f"member {m}" for lab, m in zip(
         [str(v) for v in evidence["member_label"].values], evidence["member"].values)]
     rows, errs = [], []
-    for role in ("data", "null"):
-        values = _floats(gain.sel(role=role).values)  # [seed, member]
-        mean = np.nanmean(values, 0)
-        spread = np.nanstd(values, 0) if values.shape[0] > 1 else np.zeros_like(mean)
-        for lab, m, sd in zip(labels, mean, spread):
-            rows.append((lab, role, float(m)))
-            errs.append((lab, role, float(m), float(sd)))
-    kdims = [hv.Dimension("member", label="orbit member"), hv.Dimension("role")]
+    for lab_index, lab in enumerate(labels):
+        for role in ("data", "null"):
+            values = _floats(gain.sel(role=role).values)[:, lab_index]  # over seeds
+            mean = float(np.nanmean(values))
+            spread = float(np.nanstd(values)) if values.size > 1 else 0.0
+            bar = f"{lab} · {role}"
+            rows.append((bar, mean, role))
+            errs.append((bar, mean, spread))
+    kdim = hv.Dimension("bar", label="orbit member (where its inflow sits) · runs")
     vdim = hv.Dimension("gain", label="rollout gain over the group average")
-    bars = hv.Bars(rows, kdims, [vdim]).opts(
+    bars = hv.Bars(rows, [kdim], [vdim, "role"]).opts(
         tools=["hover"], color=hv.dim("role").categorize({"data": _color(0), "null": "#999999"}),
-        xlabel="orbit member (where its inflow sits)", ylabel="gain (MSE units)",
+        xrotation=30, ylabel="gain (MSE units)",
         title="Which member the relaxed weights help: data (colour) beside its null (grey)",
         **_SIZE)
-    return bars * hv.ErrorBars(errs, kdims, [vdim, "spread"])
+    return bars * hv.ErrorBars(errs, [kdim], [vdim, "spread"])
 
 
 def discovery_weights(evidence: xr.Dataset) -> hv.Layout | hv.Element:

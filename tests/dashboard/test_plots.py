@@ -352,3 +352,46 @@ def test_runs_table_frame_from_a_run_store(tmp_path, ds):
     empty = plots.runs_table_frame([])
     assert list(empty.columns) == list(plots.TABLE_COLUMNS) and len(empty) == 0
 
+
+
+# ------------------------------------------------------------------------------------ discovery
+def _shipped_evidence(data: str) -> xr.Dataset:
+    from pathlib import Path
+
+    from core.discovery import DiscoveryStore
+
+    store = DiscoveryStore(Path(__file__).resolve().parents[2] / "data" / "pretrained")
+    row = next(r for r in store.list() if r["data"] == data)
+    return store.get(row["id"]).evidence()
+
+
+def test_discovery_gains_put_data_beside_null_per_member():
+    evidence = _shipped_evidence("discover-rotation.nc")
+    plot = plots.discovery_gains(evidence)
+    bars = plot.Bars.I
+    labels = [str(v) for v in bars.data["bar"]]
+    assert {"top · data", "top · null", "bottom · data"} <= set(labels)
+    gains = dict(zip(labels, bars.data["gain"]))
+    assert gains["top · data"] == max(v for k, v in gains.items() if k.endswith("data"))
+    assert max(abs(v) for k, v in gains.items() if k.endswith("null")) < 1e-3 * gains["top · data"]
+    render(plot)
+
+
+def test_discovery_maps_draw_data_null_difference_and_the_boundary():
+    evidence = _shipped_evidence("discover-translation.nc")
+    layout = plots.discovery_maps(evidence)
+    assert len(layout) == 3
+    titles = [panel.opts.get().kwargs.get("title", "") for panel in layout]
+    assert any("data minus null" in t for t in titles)
+    line = layout[0].VLine.I if evidence.attrs["boundary_axis"] == "x" else layout[0].HLine.I
+    assert line.data == evidence.attrs["boundary_position"]
+    render(layout)
+    profile = plots.boundary_profile(evidence)
+    assert {c.label for c in profile if isinstance(c, hv.Curve)} == {"along x", "along y"}
+    render(profile)
+
+
+def test_discovery_plots_explain_missing_evidence():
+    for fn in (plots.discovery_gains, plots.discovery_maps, plots.boundary_profile,
+               plots.discovery_weights):
+        assert isinstance(fn(xr.Dataset()), hv.Text)

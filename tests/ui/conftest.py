@@ -35,6 +35,8 @@ def dashboard_url(tmp_path_factory):
         pytest.fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
     data = tmp_path_factory.mktemp("data")
     save_dataset(generate("rotation", grid=16, steps=80, sims=8, device="cpu"), data / "tiny.nc")
+    save_dataset(generate("rotation", grid=16, steps=80, sims=12, breaking=4.0, device="cpu"),
+                 data / "orbits.nc")  # enough orbits for a discovery
     shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained")
     runs = tmp_path_factory.mktemp("runs")
     port = _free_port()

@@ -105,3 +105,21 @@ def test_sweep_view_renders_for_the_shipped_runs(page):
     _wait_text(page, r"Relaxation sweep: rgroup C4 on", timeout=30)
     assert page.locator("canvas").count() > 0
     assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_discovery_tab_shows_the_shipped_verdict_and_runs_a_cancellable_job(page):
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    page.get_by_text("Symmetry breaking", exact=True).first.click()
+    page.get_by_role("button", name=re.compile("Open the Discovery tab")).click()
+    _wait_text(page, r"member differently|Strongest boundary", timeout=30)
+    assert page.locator("canvas").count() > 0
+    assert page.console_errors == [], "\n".join(page.console_errors)
+    page.locator("select").filter(has=page.locator("option", has_text="orbits.nc")).first \
+        .select_option("orbits.nc")
+    time.sleep(0.5)
+    page.get_by_role("button", name="Discover", exact=True).click()
+    _wait_text(page, r"Started \S+", timeout=30)
+    _wait_text(page, r"\(running, runs\)", timeout=60)
+    page.locator("button:not([disabled])", has_text="Cancel").first.click()
+    _wait_text(page, r"\(cancelled, runs\)", timeout=90)
+    assert page.console_errors == [], "\n".join(page.console_errors)
