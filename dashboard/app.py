@@ -31,7 +31,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.rollout = RolloutView(self.state)
         self.equivariance = EquivarianceView(self.state)
         self.sweep = SweepView(self.state)
-        self.discovery = DiscoveryView(self.state)
+        self.discovery = DiscoveryView(self.state, active=False)
         tabs = [("Runs", self.catalog), ("Jobs", self.jobs),
                  ("Symmetry breaking", self.breaking), ("Discovery", self.discovery),
                  ("Rollout", self.rollout), ("Equivariance", self.equivariance),

@@ -398,7 +398,7 @@ class DiscoveryView(pn.viewable.Viewer):
             pn.Card(pn.pane.Markdown("Uses the dataset and symmetry group of the experiment "
                                      "panel (translation, C<n> or D<n>)."),
                     self.control, self.seeds, self.budget, pn.Row(self.start, self.cancel),
-                    self.progress, self.status, title="Discover", collapsed=False,
+                    self.progress, self.status, title="Run a discovery", collapsed=False,
                     sizing_mode="stretch_width"),
             self.body, sizing_mode="stretch_width")
 
