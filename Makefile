@@ -10,7 +10,7 @@ DATASETS := data/rotation.nc data/translation.nc data/levels.nc \
 ADDRESS ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: test install bench data pretrained dashboard discover clean
+.PHONY: test install bench data pretrained dashboard discover precompute loadtest clean
 
 install: $(STAMP)
 
@@ -39,9 +39,18 @@ data/discover-translation.nc: | $(STAMP)
 	$(PY) -m core generate translation --out $@ --grid 32 --steps 120 --sims 14 --breaking 1
 
 # quick start, command one: serve the dashboard on the default datasets and the shipped runs
+# (dashboard/serve.py: analyses precomputed, warm start, closed sessions dropped)
 dashboard: $(DATASETS)
-	$(PY) -m panel serve dashboard/app.py --address $(ADDRESS) --port $(PORT) \
-		--allow-websocket-origin $(ADDRESS):$(PORT) --num-threads 4
+	$(PY) -m dashboard.serve --address $(ADDRESS) --port $(PORT)
+
+# before a class: every finished run's analyses, computed once into the run folders
+precompute: $(DATASETS)
+	$(PY) -m core precompute data/pretrained $(wildcard runs)
+
+# N browser sessions against a real server on 127.0.0.1: make loadtest N=20
+N ?= 20
+loadtest: $(DATASETS)
+	$(PY) -m tests.loadtest --sessions $(N)
 
 # the runs and discoveries shipped in data/pretrained/ (about 25 minutes on a 2-core CPU)
 pretrained: $(DATASETS)

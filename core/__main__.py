@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 
@@ -478,6 +479,43 @@ def _run_sweep(args: argparse.Namespace) -> int:
     return 0 if all(r["state"] == "done" for r in rows) else 1
 
 
+def _add_precompute(commands) -> None:
+    from .evaluation import KINDS
+
+    p = commands.add_parser(
+        "precompute", help="compute the dashboard's analyses of every finished run once",
+        description="Write each finished run's evaluation artifacts (core/evaluation.py: "
+                    f"{', '.join(KINDS)}) into its folder, keyed by the weights' and the "
+                    "dataset's fingerprints, so that no dashboard session computes them. Runs "
+                    "whose dataset is not here are skipped and say so. Run it before a class.")
+    p.add_argument("stores", nargs="*", default=["data/pretrained"], metavar="STORE",
+                   help="run store folders (default: data/pretrained)")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated (default: all)")
+    p.set_defaults(handler=_run_precompute)
+
+
+def _run_precompute(args: argparse.Namespace) -> int:
+    from .evaluation import KINDS, precompute
+    from .runs import RunStore
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        return _fail(f"unknown kind(s) {', '.join(unknown) or '(none)'}; valid: {', '.join(KINDS)}")
+    missing = [s for s in args.stores if not Path(s).is_dir()]
+    if missing:
+        return _fail(f"no run store at {', '.join(missing)}")
+    started = time.perf_counter()
+    rows = []
+    for store in args.stores:
+        rows += precompute(RunStore(store).runs(), kinds)
+    computed = sum(r["state"] == "computed" for r in rows)
+    skipped = sum(r["state"].startswith("skipped") for r in rows)
+    print(f"{len(rows)} analyses: {computed} computed, {len(rows) - computed - skipped} already "
+          f"there, {skipped} skipped ({time.perf_counter() - started:.1f} s)")
+    return 0
+
+
 def _add_pretrain(commands) -> None:
     p = commands.add_parser("pretrain", help="train the shipped pretrained runs",
                             description="Train the dashboard's default runs on the default "
@@ -631,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(commands)
     _add_runs(commands)
     _add_sweep(commands)
+    _add_precompute(commands)
     _add_pretrain(commands)
     _add_reproduce(commands)
     _add_discover(commands)

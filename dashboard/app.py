@@ -16,6 +16,19 @@ TITLE = "Relaxed-Equivariance Explorer"
 REFRESH_MS = 1000
 
 
+def release_memory() -> None:
+    """Collect garbage and return freed heap pages to the system (glibc), so a server's memory
+    falls back after a class closes its sessions."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 class ExplorerApp(pn.viewable.Viewer):
     """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
 
@@ -25,26 +38,29 @@ class ExplorerApp(pn.viewable.Viewer):
         hv.extension("bokeh", logo=False)
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
-        self.jobs = JobsView(self.state)
+        # hidden views build nothing until their tab is first shown (cheap sessions)
+        self.jobs = JobsView(self.state, active=False)
         self.catalog = RunsCatalog(self.state)
-        self.breaking = BreakingView(self.state)
-        self.rollout = RolloutView(self.state)
-        self.equivariance = EquivarianceView(self.state)
-        self.sweep = SweepView(self.state)
+        self.breaking = BreakingView(self.state, active=False)
+        self.rollout = RolloutView(self.state, active=False)
+        self.equivariance = EquivarianceView(self.state, active=False)
+        self.sweep = SweepView(self.state, active=False)
         self.discovery = DiscoveryView(self.state, active=False)
         tabs = [("Runs", self.catalog), ("Jobs", self.jobs),
                  ("Symmetry breaking", self.breaking), ("Discovery", self.discovery),
                  ("Rollout", self.rollout), ("Equivariance", self.equivariance),
                  ("Sweep", self.sweep)]
         self._tab_names = [name for name, _ in tabs]
-        self.tabs = pn.Tabs(*tabs, sizing_mode="stretch_width")
+        # dynamic: a tab's models are built and sent only when it is first shown
+        self.tabs = pn.Tabs(*tabs, dynamic=True, sizing_mode="stretch_width")
         self._views = [None, self.jobs, self.breaking, self.discovery, self.rollout,
                        self.equivariance, self.sweep]
         self.tabs.param.watch(self._show_tab, "active")
         self.state.param.watch(self._focus, "focus")
+        self._seen = None  # the version of the shared listing shown last
+        self._callback = None
         self._show_tab()
         self.refresh()
-        self._callback = None
 
     def _show_tab(self, *_):
         """Only the shown view renders or streams plots (hidden plots cannot update)."""
@@ -59,8 +75,13 @@ class ExplorerApp(pn.viewable.Viewer):
         self.state.focus = ""
 
     def refresh(self) -> None:
-        """One batched update of everything that watches the run store."""
-        rows = self.state.services.catalog()  # one listing of the run stores per refresh
+        """One batched update of everything that watches the run store, only when the shared
+        listing (taken at most once a second per process) has changed."""
+        snapshot = self.state.services.snapshot()
+        if snapshot.version == self._seen:
+            return
+        self._seen = snapshot.version
+        rows = snapshot.runs
         with pn.io.hold():
             self.catalog.poll(rows)
             self.jobs.poll([r for r in rows if r["store"] == "runs"])
@@ -70,6 +91,14 @@ class ExplorerApp(pn.viewable.Viewer):
     def start(self) -> None:
         if self._callback is None:
             self._callback = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
+            if pn.state.curdoc is not None and pn.state.served:
+                pn.state.on_session_destroyed(self._closed)
+
+    def _closed(self, _context) -> None:
+        """Stop polling and hand the session's memory back to the system."""
+        if self._callback is not None:
+            self._callback.stop()
+        release_memory()
 
     def template(self) -> pn.template.BootstrapTemplate:
         # Bootstrap: all resources are served locally (the Fast design fetches web fonts)

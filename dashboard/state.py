@@ -1,7 +1,10 @@
 """Dashboard state: experiment settings, the run catalog and the job watcher (param objects).
 
 One :class:`Services` per server process (the run stores and the job manager); per-session
-objects (:class:`ExperimentState`) are light and hold only settings and selections. Nothing here
+objects (:class:`ExperimentState`) are light and hold only settings and selections. Listings of
+the run stores, discoveries and datasets are taken at most once per :data:`LISTING_TTL_S` per
+process (:meth:`Services.snapshot`) and shared by every session; a version number tells a
+session whether anything changed since it last looked, so idle sessions cost nothing. Nothing here
 trains or simulates: training is submitted to the job manager, dataset generation runs in a
 ``python -m core generate`` child process, and the state only reads the run store.
 
@@ -11,11 +14,14 @@ runs trained from the dashboard). File choices are limited to these roots.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import param
@@ -34,6 +40,21 @@ STRICT_OF = {"rgroup": "gconv", "rsteer": "steer", "rpp": "gconv", "lift": "gcon
              "combo": "gconv", "constrained": "conv"}
 
 
+LISTING_TTL_S = 1.0  # how stale a shared listing may be (the app polls once a second)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One listing shared by all sessions; ``version`` grows when its content changes.
+    Treat the rows as read-only."""
+
+    version: int
+    runs: list = field(default_factory=list)
+    discoveries: list = field(default_factory=list)
+    datasets: list = field(default_factory=list)
+    generations: dict = field(default_factory=dict)
+
+
 def valid_models(group: str | None) -> list[str]:
     """The model names that accept ``group`` (the experiment panel offers only these)."""
     return models_for_group(group)
@@ -42,6 +63,12 @@ def valid_models(group: str | None) -> list[str]:
 def alpha_value(choice: str) -> float | None:
     """Alpha for a slider position; None for "strict" (train the strict model instead)."""
     return None if choice == "strict" else float(choice)
+
+
+def default_roots() -> tuple[Path, Path]:
+    """The data folder and the user's run store, from ``REE_DATA`` / ``REE_RUNS``."""
+    return (Path(os.environ.get("REE_DATA", PROJECT_ROOT / "data")).resolve(),
+            Path(os.environ.get("REE_RUNS", PROJECT_ROOT / "runs")).resolve())
 
 
 class Services:
@@ -54,12 +81,17 @@ class Services:
                  max_cpu_jobs: int = 1):
         from core.jobs import JobManager
 
-        self.data_root = Path(data_root or os.environ.get("REE_DATA", PROJECT_ROOT / "data")).resolve()
-        self.runs_root = Path(runs_root or os.environ.get("REE_RUNS", PROJECT_ROOT / "runs")).resolve()
+        default_data, default_runs = default_roots()
+        self.data_root = Path(data_root).resolve() if data_root else default_data
+        self.runs_root = Path(runs_root).resolve() if runs_root else default_runs
         self.pretrained = RunStore(self.data_root / "pretrained")
         self.store = RunStore(self.runs_root)
         self.jobs = JobManager(self.store, max_cpu_jobs=max_cpu_jobs)
         self.generations: dict[str, dict] = {}  # dataset name -> {"progress", "state", "error"}
+        self._snapshot = Snapshot(0)
+        self._snapshot_taken = -float("inf")
+        self._snapshot_lock = threading.Lock()
+        self._signature = ""
 
     @classmethod
     def get(cls) -> "Services":
@@ -68,8 +100,41 @@ class Services:
                 cls._instance = cls()
             return cls._instance
 
+    # -- the shared listing
+    def snapshot(self, max_age: float = LISTING_TTL_S) -> Snapshot:
+        """Runs, discoveries, datasets and generations, listed at most once per ``max_age``
+        seconds in this process whatever the number of sessions."""
+        with self._snapshot_lock:
+            if time.monotonic() - self._snapshot_taken < max_age:
+                return self._snapshot
+            runs = [dict(row, store=label) for store, label in
+                    ((self.pretrained, "pretrained"), (self.store, "runs")) for row in store.list()]
+            discoveries = [dict(row, store=label) for root, label in
+                           ((self.pretrained.root, "pretrained"), (self.store.root, "runs"))
+                           for row in DiscoveryStore(root).list()]
+            datasets = self._list_datasets()
+            generations = {k: dict(v) for k, v in self.generations.items()}
+            old = self._snapshot
+            # compared as JSON text: NaN metrics compare equal to themselves there
+            signature = json.dumps([runs, discoveries, datasets, generations], default=str,
+                                   sort_keys=True)
+            changed = signature != self._signature or not old.version
+            self._signature = signature
+            self._snapshot = Snapshot(old.version + changed, runs, discoveries, datasets,
+                                      generations)
+            self._snapshot_taken = time.monotonic()
+            return self._snapshot
+
+    def invalidate(self) -> None:
+        """The next :meth:`snapshot` lists afresh (after a submit, delete or launch)."""
+        with self._snapshot_lock:
+            self._snapshot_taken = -float("inf")
+
     # -- datasets
     def datasets(self) -> list[str]:
+        return self.snapshot().datasets
+
+    def _list_datasets(self) -> list[str]:
         return sorted(p.name for p in self.data_root.glob("*.nc") if not p.name.startswith("."))
 
     def dataset_path(self, name: str) -> Path:
@@ -90,6 +155,7 @@ class Services:
         if self.generations.get(name, {}).get("state") == "running":
             raise ValueError(f"{name} is already being generated")
         record = self.generations[name] = dict(progress=0.0, state="running", error=None)
+        self.invalidate()
         cmd = [sys.executable, "-m", "core", "generate", scenario, "--out", str(path),
                "--grid", str(grid), "--steps", str(steps), "--breaking", str(breaking)]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -114,11 +180,7 @@ class Services:
     # -- runs
     def catalog(self) -> list[dict]:
         """Rows of every run: shipped ones first, then the user's (``store`` column says which)."""
-        rows = []
-        for store, label in ((self.pretrained, "pretrained"), (self.store, "runs")):
-            for row in store.list():
-                rows.append(dict(row, store=label))
-        return rows
+        return self.snapshot().runs
 
     def run(self, run_id: str):
         for store in (self.store, self.pretrained):
@@ -129,10 +191,7 @@ class Services:
     # -- discoveries
     def discoveries(self) -> list[dict]:
         """Rows of every discovery record: shipped ones first (``store`` says which)."""
-        rows = []
-        for root, label in ((self.pretrained.root, "pretrained"), (self.store.root, "runs")):
-            rows += [dict(row, store=label) for row in DiscoveryStore(root).list()]
-        return rows
+        return self.snapshot().discoveries
 
     def discovery(self, discovery_id: str) -> Discovery:
         for root in (self.store.root, self.pretrained.root):
@@ -147,8 +206,21 @@ class Services:
         """Start a discovery in its own background process (it trains through the job system);
         bad input raises DiscoveryError before anything is written."""
         control_path = self.dataset_path(control) if control else None
-        return launch(self.dataset_path(dataset), group, runs=self.store.root,
-                      control=control_path, seeds=seeds, budget=budget)
+        record = launch(self.dataset_path(dataset), group, runs=self.store.root,
+                        control=control_path, seeds=seeds, budget=budget)
+        self.invalidate()
+        return record
+
+    def submit(self, spec: dict, config: dict, dataset: Path) -> str:
+        """Queue a training job; returns its run id."""
+        run_id = self.jobs.submit(spec, config, dataset)
+        self.invalidate()
+        return run_id
+
+    def delete(self, run_id: str) -> None:
+        """Delete one of the user's runs (shipped runs are read-only)."""
+        self.store.delete(run_id)
+        self.invalidate()
 
 
 class ExperimentState(param.Parameterized):
@@ -223,7 +295,7 @@ class ExperimentState(param.Parameterized):
         """Submit a training job with the current settings; returns the run id."""
         spec, config = self.model_spec(), self.training_config()
         path = self.services.dataset_path(self.dataset)
-        run_id = self.services.jobs.submit(spec, config, path)
+        run_id = self.services.submit(spec, config, path)
         self.message = f"submitted {run_id}"
         return run_id
 
@@ -232,5 +304,5 @@ class ExperimentState(param.Parameterized):
         self.message = f"cancel requested for {run_id}"
 
 
-__all__ = ["Services", "ExperimentState", "valid_models", "alpha_value", "GROUP_CHOICES",
+__all__ = ["Services", "Snapshot", "ExperimentState", "valid_models", "alpha_value", "GROUP_CHOICES",
            "ALPHA_CHOICES", "SpecError", "DiscoveryError"]

@@ -1,25 +1,26 @@
 """Dashboard views: thin ``pn.viewable.Viewer`` components over :mod:`dashboard.state`.
 
 Each view works on its own in a notebook after ``pn.extension()`` (e.g. ``BreakingView(state)``)
-and inside :class:`dashboard.app.ExplorerApp`. Views read the run store through cached helpers
-(models and analyses are computed once per run and weights file), never train, and update in
-batches under ``pn.io.hold``.
+and inside :class:`dashboard.app.ExplorerApp`. Views read analyses from the run folders' evaluation
+artifacts (:mod:`core.evaluation`: computed once per weights file and dataset, shared by every
+session and server process), build each figure once per process, never train, render only while
+their tab is shown, and update in batches under ``pn.io.hold``.
 """
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from functools import lru_cache
 
 import holoviews as hv
 import numpy as np
 import panel as pn
 import param
-import torch
 import xarray as xr
 
-from core.analysis import breaking_analysis
-from core.datasets import dataset_attrs, read_frames
 from core.errors import SpecError
+from core.evaluation import (artifact_path, cached_dataset_attrs, cached_metrics, evaluation)
+from core.runs import RunError
 
 from . import plots
 from .state import STRICT_OF, ExperimentState
@@ -46,34 +47,45 @@ def _notify(kind: str, text: str) -> None:
         getattr(notifications, kind)(text, duration=6000)
 
 
-@lru_cache(maxsize=32)
-def _model_and_analysis(path: str, mtime: float):
-    from core.runs import Run
+class _Shared:
+    """Figures built once per process and shown by every session (HoloViews elements are
+    plain data; each session renders its own Bokeh models from them). LRU by key."""
 
-    run = Run.open(path)
-    model = run.load_model()
-    return model, breaking_analysis(model)
+    def __init__(self, size: int = 64):
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, key, make):
+        with _lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()
+        with _lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
 
 
-def model_and_analysis(run):
-    """The run's best model and its breaking analysis, cached per weights file."""
-    weights = run.path / "weights.safetensors"
-    with _lock:
-        return _model_and_analysis(str(run.path), weights.stat().st_mtime)
+_figures = _Shared()
 
 
-@lru_cache(maxsize=32)
-def _attrs(path: str, mtime: float) -> dict:
-    return dataset_attrs(path)
+def _figure_key(run, kind: str, *extra) -> tuple:
+    """Identity of a figure of ``run``: its evaluation artifact (weights and dataset)."""
+    return (kind, str(artifact_path(run, kind)), *extra)
 
 
-def dataset_attrs_of(run) -> dict:
-    """The run's dataset attributes (header only), or {} when the file is not here."""
-    path = run.dataset_path()
-    if not path.exists():
-        return {}
-    with _lock:
-        return _attrs(str(path), path.stat().st_mtime)
+def _folded(title: str, contents) -> pn.Card:
+    """A collapsed card whose widgets are put in (and sent to the browser) only when it is
+    first opened: a session that never opens it never pays for them."""
+    card = pn.Card(title=title, collapsed=True, sizing_mode="stretch_width")
+
+    def unfold(event):
+        if not event.new and not card.objects:
+            card.objects = list(contents())
+
+    card.param.watch(unfold, "collapsed")
+    return card
 
 
 def _message(text: str) -> pn.pane.Markdown:
@@ -115,11 +127,10 @@ class ExperimentPanel(pn.viewable.Viewer):
         self._sync_banks()
         self._layout = pn.Column(
             "### Experiment", self.dataset, self.group, self.model, self.banks, self.alpha,
-            pn.Card(*budget, self.lr, self.relaxed_lr, self.device, title="Training budget",
-                    collapsed=True),
+            _folded("Training budget", lambda: [*budget, self.lr, self.relaxed_lr, self.device]),
             self.train_button, self.status,
-            pn.Card(self.scenario, self.breaking, self.new_name, self.generate_button,
-                    self.generation, title="Generate a dataset", collapsed=True),
+            _folded("Generate a dataset", lambda: [self.scenario, self.breaking, self.new_name,
+                                                   self.generate_button, self.generation]),
             sizing_mode="stretch_width")
 
     def _sync_banks(self, *_):
@@ -176,9 +187,9 @@ class JobsView(pn.viewable.Viewer):
         self.state = state
         self._states: dict[str, str] = {}
         self.rows = pn.Column(sizing_mode="stretch_width")
-        # replaced once per epoch (a streamed overlay whose legend grows breaks bokeh's views)
-        self.curves = pn.pane.HoloViews(plots.training_curves([]), sizing_mode="stretch_width",
-                                        min_height=300)
+        # replaced once per epoch (a streamed overlay whose legend grows breaks bokeh's views);
+        # empty until the tab is first shown
+        self.curves = pn.pane.HoloViews(None, sizing_mode="stretch_width", min_height=300)
         self._watched: tuple | None = None
         self._widgets: dict[str, dict] = {}
         self._order: list[str] | None = None
@@ -216,7 +227,8 @@ class JobsView(pn.viewable.Viewer):
 
     def poll(self, rows: list[dict] | None = None) -> None:
         """Update from the user run store's rows (listed here unless the caller has them)."""
-        rows = self.state.services.store.list() if rows is None else rows
+        rows = ([r for r in self.state.services.catalog() if r["store"] == "runs"]
+                if rows is None else rows)
         recent = [r for r in rows if r["state"] in ("queued", "running")] + \
             [r for r in rows if r["state"] not in ("queued", "running")][-5:]
         for r in rows:  # notifications on transitions
@@ -237,15 +249,23 @@ class JobsView(pn.viewable.Viewer):
                                  or [_message("no jobs yet")])
         watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
                        rows[-1]["id"] if rows else None)
-        if watched is not None and self.active:  # plots update only while shown
+        if not self.active:  # plots update only while shown
+            return
+        if watched is None:
+            if self.curves.object is None:
+                self.curves.object = plots.training_curves([])
+            return
+        try:
             run = self.state.services.store.get(watched)
             metrics_file = run.path / "metrics.nc"
             stamp = (watched, metrics_file.stat().st_mtime if metrics_file.exists() else None)
             if stamp != self._watched:
                 self._watched = stamp
-                metrics = run.read_metrics()
+                metrics = cached_metrics(run)
                 self.curves.object = plots.training_curves(metrics if metrics is not None else [],
                                                            label=watched)
+        except (RunError, FileNotFoundError):  # deleted meanwhile: the next listing drops it
+            self._watched = None
 
     def __panel__(self):
         return self._layout
@@ -268,6 +288,7 @@ class RunsCatalog(pn.viewable.Viewer):
         self.downloads = pn.Row()
         self._ids: list[str] = []
         self._opened = False
+        self._refreshing = False
         self._layout = pn.Column("### Runs", self.table,
                                  pn.Row(self.delete, self.confirm, self.downloads),
                                  sizing_mode="stretch_width")
@@ -278,10 +299,16 @@ class RunsCatalog(pn.viewable.Viewer):
         ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
         if ids != self._ids or not frame.equals(self.table.value):
-            selected = [ids.index(i) for i in self.state.selected_runs if i in ids]
+            kept = [i for i in self.state.selected_runs if i in ids]
             self._ids = ids
-            self.table.value = frame
-            self.table.selection = selected
+            self._refreshing = True  # a new table value resets the selection: not the user's
+            try:
+                self.table.value = frame
+                self.table.selection = [ids.index(i) for i in kept]
+            finally:
+                self._refreshing = False
+            if kept != self.state.selected_runs:  # a selected run disappeared
+                self._apply_selection(kept)
         if not self._opened and ids:  # open on a finished run; later the user decides
             done = [i for i, r in enumerate(rows) if r["state"] == "done"]
             if done and not self.state.selected_runs:
@@ -289,7 +316,11 @@ class RunsCatalog(pn.viewable.Viewer):
             self._opened = bool(done)
 
     def _selected(self, event):
-        self.state.selected_runs = [self._ids[i] for i in event.new if i < len(self._ids)]
+        if not self._refreshing:
+            self._apply_selection([self._ids[i] for i in event.new if i < len(self._ids)])
+
+    def _apply_selection(self, run_ids: list[str]) -> None:
+        self.state.selected_runs = run_ids
         self.confirm.visible = False
         self.downloads.objects = []
         if self.state.selected_runs:
@@ -305,7 +336,7 @@ class RunsCatalog(pn.viewable.Viewer):
         self.confirm.visible = False
         for run_id in list(self.state.selected_runs):
             if run_id in self.state.services.store:
-                self.state.services.store.delete(run_id)
+                self.state.services.delete(run_id)
                 _notify("info", f"deleted {run_id}")
             else:
                 _notify("warning", f"{run_id} is a shipped run and cannot be deleted here")
@@ -513,22 +544,29 @@ class RunView(pn.viewable.Viewer):
         self.render()
 
     def current(self):
+        """The run shown: None when none is selected; RunError when it is gone or unfinished."""
         run_id = self.run_id or (self.state.selected_runs[0] if self.state.selected_runs else None)
         if run_id is None:
             return None
         try:
             run = self.state.services.run(run_id)
-        except ValueError:
-            return None
-        return run if run.status().get("state") == "done" else None
+            state = run.status().get("state")
+        except (RunError, FileNotFoundError):
+            raise RunError(f"run {run_id} is no longer in the run store (deleted?); select "
+                           f"another one in the Runs table") from None
+        if state != "done":
+            raise RunError(f"run {run_id} is {state}: its analyses appear when it is done")
+        return run
 
     def render(self) -> None:
         if not self.active:  # a hidden tab renders when it is shown
             return
-        run = self.current()
         try:
+            run = self.current()
             objects = self.content(run) if run is not None else [
                 _message("select a finished run in the Runs table")]
+        except RunError as err:  # gone, unfinished, or an analysis that cannot be made here
+            objects = [_message(str(err))]
         except Exception as err:  # show, never break the page
             objects = [_message(f"cannot show this run: {type(err).__name__}: {err}")]
         with pn.io.hold():
@@ -545,10 +583,14 @@ class BreakingView(RunView):
     """Relaxed weights as heatmaps, irrep energies and breaking scores, with an explanation."""
 
     def content(self, run):
-        _, analysis = model_and_analysis(run)
+        analysis = evaluation(run, "breaking")
         boundary = None
         if analysis.attrs.get("kind") == "translation":
-            boundary = dataset_attrs_of(run).get("boundary_x")
+            boundary = cached_dataset_attrs(run.dataset_path()).get("boundary_x")
+        heatmaps, bars = _figures.get(
+            _figure_key(run, "breaking", boundary),
+            lambda: (plots.weights_heatmaps(analysis, boundary_x=boundary),
+                     plots.breaking_bars(analysis)))
         score = analysis.attrs.get("breaking_score", float("nan"))
         head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
                 f"overall breaking score **{score:.3g}**")
@@ -556,9 +598,8 @@ class BreakingView(RunView):
                                  button_type="light")
         link.on_click(lambda _e: setattr(self.state, "focus", "Discovery"))
         return [pn.pane.Markdown(head, sizing_mode="stretch_width"), link,
-                pn.pane.HoloViews(plots.weights_heatmaps(analysis, boundary_x=boundary),
-                                  sizing_mode="stretch_width"),
-                pn.pane.HoloViews(plots.breaking_bars(analysis), sizing_mode="stretch_width"),
+                pn.pane.HoloViews(heatmaps, sizing_mode="stretch_width"),
+                pn.pane.HoloViews(bars, sizing_mode="stretch_width"),
                 pn.pane.Markdown(EXPLANATION + "\nWeights of one run can move by chance; the "
                                  "**Discovery** tab compares relaxed models against a symmetric "
                                  "null and gives a verdict with its significance.",
@@ -575,45 +616,23 @@ class RolloutView(RunView):
                                         loop_policy="loop", interval=400, width=400)
         super().__init__(state, **params)
 
-    def _rollout(self, run):
-        """Truth and prediction for the first held-out (else future) window of the dataset,
-        reading only the frames it needs."""
-        model, _ = model_and_analysis(run)
-        attrs = dataset_attrs_of(run)
-        if not attrs:
-            raise FileNotFoundError(f"dataset {run.dataset_path()} is not here (make data)")
-        k = model.spec["in_frames"]
-        domain = np.atleast_1d(attrs["split_domain_sims"])
-        split, sims = ("domain", domain) if len(domain) else (
-            "future", np.atleast_1d(attrs["split_train_sims"]))
-        start = int(np.atleast_1d(attrs[f"window_{split}"])[0])
-        steps = max(1, min(20, int(attrs["steps"]) - start - k))
-        frames = read_frames(run.dataset_path(), int(sims[0]), start, k + steps)
-        window = torch.from_numpy(frames[:k]).reshape(1, 2 * k, *frames.shape[-2:])
-        preds = []
-        model.eval()
-        with torch.no_grad():
-            for _ in range(steps):
-                pred = model(window)
-                preds.append(pred[0])
-                window = torch.cat([window[:, 2:], pred], 1)
-        return frames[k:], torch.stack(preds).numpy()
-
     def content(self, run):
         runs = {}
         for run_id in (self.state.selected_runs or [run.id]):
             try:
-                metrics = self.state.services.run(run_id).read_metrics()
-            except ValueError:
+                metrics = cached_metrics(self.state.services.run(run_id))
+            except (RunError, FileNotFoundError):  # deleted meanwhile
                 continue
             if metrics is not None:
                 runs[run_id] = metrics
         parts = [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
                  pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
-        truth, pred = self._rollout(run)
-        frames = plots.flow_frames(truth, pred, quantity=self.quantity)
-        self.player.end = len(truth)
-        self.player.value = min(max(self.player.value, 1), len(truth))
+        rollout = evaluation(run, "rollout")
+        frames = _figures.get(_figure_key(run, "rollout", self.quantity), lambda: plots.flow_frames(
+            rollout["truth"].values, rollout["prediction"].values, quantity=self.quantity))
+        steps = rollout.sizes["step"]
+        self.player.end = steps
+        self.player.value = min(max(self.player.value, 1), steps)
         stream = hv.streams.Params(self.player, ["value"], rename={"value": "step"})
         flow = hv.DynamicMap(lambda step: frames[int(step)], streams=[stream])
         quantity = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
@@ -630,7 +649,7 @@ class EquivarianceView(RunView):
     """Model equivariance error per group element, and model against data equivariance."""
 
     def content(self, run):
-        metrics = run.read_metrics()
+        metrics = cached_metrics(run)
         parts = [pn.pane.Markdown(f"### Equivariance: {run.id}")]
         if metrics is not None and "equivariance_error_element" in metrics:
             err = xr.Dataset({"relative": metrics["equivariance_error_element"]})
@@ -640,8 +659,11 @@ class EquivarianceView(RunView):
         for row in self.state.services.catalog():
             if row["state"] != "done" or row.get("equivariance_error") is None:
                 continue
-            data_error = dataset_attrs_of(self.state.services.run(row["id"])).get(
-                "data_equivariance_error")
+            try:
+                dataset = self.state.services.run(row["id"]).dataset_path()
+            except RunError:  # deleted since the listing
+                continue
+            data_error = cached_dataset_attrs(dataset).get("data_equivariance_error")
             if data_error is not None:
                 points.append(dict(data_error=data_error, model_error=row["equivariance_error"],
                                    model=row["model"]))

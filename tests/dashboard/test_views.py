@@ -150,3 +150,56 @@ def test_breaking_view_links_to_the_discovery_tab(state):
     link = next(o for o in shown.body.objects if isinstance(o, pn.widgets.Button))
     link.clicks += 1
     assert state.focus == "Discovery"
+
+
+def _tiny_run(services):
+    from core.models import build_model
+
+    spec = dict(name="rgroup", group="C4", in_frames=2, hidden_dim=8, num_layers=2,
+                grid=[16, 16], num_banks=2, alpha=0.5)
+    run = services.store.create(spec, dict(epochs=1), services.dataset_path("tiny.nc"))
+    run.save_weights(build_model(**spec).state_dict())
+    run.update_status(state="done", progress=1.0)
+    services.invalidate()
+    return run
+
+
+def test_a_run_deleted_while_shown_gives_a_clear_screen(state):
+    run = _tiny_run(state.services)
+    views = [BreakingView(state, run_id=run.id), RolloutView(state, run_id=run.id),
+             EquivarianceView(state, run_id=run.id)]
+    for view in views:
+        assert any(isinstance(o, pn.pane.HoloViews) for o in view.body.objects)
+    state.services.delete(run.id)
+    for view in views:
+        view.render()
+        text = " ".join(str(getattr(o, "object", "")) for o in view.body.objects)
+        assert "no longer in the run store" in text and "Traceback" not in text
+
+
+def test_sessions_share_one_listing_and_one_set_of_figures(services):
+    first, second = ExperimentState(services), ExperimentState(services)
+    services.invalidate()
+    listing = services.snapshot()
+    assert first.services.snapshot() is listing is second.services.snapshot()
+    services.invalidate()
+    assert services.snapshot().version == listing.version  # nothing changed: same version
+    views = [BreakingView(s, run_id="rotation-rgroup-C4") for s in (first, second)]
+    plots_of = [[o.object for o in v.body.objects if isinstance(o, pn.pane.HoloViews)]
+                for v in views]
+    assert plots_of[0] and all(a is b for a, b in zip(*plots_of))
+
+
+def test_a_changing_listing_keeps_the_selection_without_re_rendering(state):
+    catalog = RunsCatalog(state)
+    rows = [dict(r) for r in state.services.catalog()]
+    catalog.poll(rows)
+    catalog.table.selection = [1]
+    chosen = list(state.selected_runs)
+    events = []
+    state.param.watch(events.append, "selected_runs")
+    rows[0]["progress"] = 0.5  # a job's progress moves, a new run appears
+    catalog.poll(rows + [dict(rows[-1], id="zz-new-run", state="queued")])
+    assert events == [] and state.selected_runs == chosen
+    catalog.poll([r for r in rows if r["id"] != chosen[0]])  # the selected run disappears
+    assert state.selected_runs == []

@@ -1,0 +1,82 @@
+"""Serve the dashboard the way a class needs it: ``python -m dashboard.serve`` (``make dashboard``).
+
+One place for the server's settings (the load test uses the same):
+
+* the analyses of every finished run are precomputed into the run folders before the server
+  starts taking sessions (:mod:`core.evaluation`; quick when they are already there);
+* ``--setup dashboard/warm.py`` imports the plotting stack and builds the shared figures once per
+  server process, so no student's session pays for it;
+* closed sessions are dropped after :data:`UNUSED_SESSION_MS` (checked every
+  :data:`CHECK_SESSIONS_MS`) and their memory handed back;
+* loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network.
+
+Extra arguments after ``--`` go to ``panel serve`` unchanged (e.g. ``-- --admin``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "dashboard" / "app.py"
+WARM = ROOT / "dashboard" / "warm.py"
+UNUSED_SESSION_MS = 10_000
+CHECK_SESSIONS_MS = 5_000
+THREADS = 4  # session callbacks run in a small pool, so one slow analysis does not block others
+
+
+def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | None = None,
+                  procs: int = 1, extra: list[str] | None = None) -> list[str]:
+    """The ``panel serve`` command line for ``address:port``."""
+    origins = [origin or f"{'127.0.0.1' if address in ('0.0.0.0', '::') else address}:{port}"]
+    if address in ("127.0.0.1", "localhost"):
+        origins.append(f"localhost:{port}")
+    cmd = [sys.executable, "-m", "panel", "serve", str(APP), "--address", address,
+           "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
+           "--check-unused-sessions", str(CHECK_SESSIONS_MS),
+           "--unused-session-lifetime", str(UNUSED_SESSION_MS)]
+    if procs == 1:  # bokeh refuses a thread pool together with several processes
+        cmd += ["--num-threads", str(THREADS)]
+    for o in origins:
+        cmd += ["--allow-websocket-origin", o]
+    return cmd + list(extra or [])
+
+
+def precompute_shipped() -> None:
+    """Every finished run's analyses, in the shipped and the user's run stores."""
+    from core.evaluation import precompute
+    from core.runs import RunStore
+    from dashboard.state import default_roots
+
+    data, runs = default_roots()
+    for root in (data / "pretrained", runs):
+        if root.is_dir():
+            precompute(RunStore(root).runs(), say=lambda line: None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(prog="python -m dashboard.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--origin", default=None, metavar="HOST:PORT",
+                   help="the address students type (websocket origin), when not --address")
+    p.add_argument("--procs", type=int, default=1, help="server processes (panel --num-procs)")
+    p.add_argument("--no-precompute", action="store_true",
+                   help="start at once; sessions compute missing analyses on first use")
+    args = p.parse_args(argv)
+    if not args.no_precompute:
+        print("precomputing the runs' analyses (once; quick when they exist) ...", flush=True)
+        precompute_shipped()
+    cmd = panel_command(args.address, args.port, args.origin, args.procs, extra)
+    os.execv(sys.executable, cmd)
+    return 0  # pragma: no cover - execv does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())

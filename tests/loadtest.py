@@ -1,0 +1,455 @@
+"""Load test: N Chromium sessions against a real ``panel serve`` of the dashboard on 127.0.0.1.
+
+``python -m tests.loadtest --sessions 20`` (``make loadtest N=20``). The server is started the
+way :mod:`dashboard.serve` starts it for a class, on the project's data folder (datasets and
+shipped runs; ``make data`` first) and a temporary run store. Then:
+
+1. one session opens the app and tours the tabs (the single-session reference);
+2. N sessions open the app at once and each tours Symmetry breaking, Rollout, Equivariance,
+   Sweep and Runs, timed from the click until that tab's plots are on screen;
+3. one of them starts a CPU training job and moves the rollout player's slider by mouse while it
+   runs: callback latency is the time from the slider's input event to the first change of the
+   page's Bokeh document that the server sends back (the updated plot);
+4. all sessions close; the server's RSS is read once it has dropped them.
+
+Printed: first-screen and per-tab times (median / max), the server's CPU seconds per session
+(its own /proc counters, the browsers and the training worker excluded), callback latency
+(median / p95), the server's RSS at each stage, console errors and requests to any host other
+than the server. Bounded: at most 40 sessions, every wait has a timeout, loopback only.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("REE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic", "--disable-dev-shm-usage"]
+MAX_SESSIONS = 40
+TOUR = ("Symmetry breaking", "Rollout", "Equivariance", "Sweep", "Runs")
+# what "on screen" means per tab: a text that only the rendered tab shows, and plots drawn
+READY = {"Symmetry breaking": ("Symmetry breaking:", 1), "Rollout": ("Flow player", 2),
+         "Equivariance": ("Model vs data", 1), "Sweep": ("Relaxation sweep", 1),
+         "Runs": ("rotation-rgroup-C4", 0)}
+TARGETS = dict(cpu_first_screen_s=0.4, cpu_tour_s=1.0, first_median_s=12, first_max_s=20,
+               tab_median_s=3, tab_max_s=8, latency_p95_ms=250, rss_max_mb=1536,
+               rss_after_ratio=1.2)
+
+
+# ------------------------------------------------------------------------------------ server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Server:
+    """``panel serve`` as dashboard.serve runs it, in its own process group."""
+
+    def __init__(self, data: Path, runs: Path, log: Path, cwd: Path = ROOT):
+        from dashboard.serve import panel_command, precompute_shipped
+
+        self.port = _free_port()
+        env = dict(os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
+                                                            os.environ.get("PYTHONPATH")])))
+        saved = {k: os.environ.get(k) for k in ("REE_DATA", "REE_RUNS")}
+        os.environ.update(REE_DATA=str(data), REE_RUNS=str(runs))
+        here = Path.cwd()
+        try:  # what a teacher runs before class, with the server's folders
+            os.chdir(cwd)
+            precompute_shipped()
+        finally:
+            os.chdir(here)
+            for k, v in saved.items():
+                os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        self.log = open(log, "wb")
+        self.proc = subprocess.Popen(panel_command("127.0.0.1", self.port), cwd=cwd, env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}/app"
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url, timeout=30)
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"panel serve exited: {log.read_text()[-2000:]}")
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError("panel serve did not answer within 180 s")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu(self) -> float:
+        return _cpu_seconds(self.pid)
+
+    def rss(self) -> float:
+        return _rss_mb(self.pid)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+# ------------------------------------------------------------------------------------ sessions
+class Session:
+    """One browser context (one student) and what it saw."""
+
+    def __init__(self, browser, url: str, timeout: float):
+        self.browser, self.url, self.timeout = browser, url, timeout
+        self.errors: list[str] = []
+        self.outside: list[str] = []
+        self.times: dict[str, float] = {}
+
+    async def open(self) -> None:
+        self.context = await self.browser.new_context(viewport={"width": 1500, "height": 1000})
+        self.page = page = await self.context.new_page()
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(str(e)))
+        page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
+        page.on("request", self._request)
+        start = time.perf_counter()
+        await page.goto(self.url, timeout=self.timeout * 1000)
+        await self._ready("Runs")
+        self.times["first screen"] = time.perf_counter() - start
+
+    def _request(self, request) -> None:
+        url = urlparse(request.url)
+        if url.scheme in ("http", "https", "ws", "wss") and url.hostname != "127.0.0.1":
+            self.outside.append(request.url)
+
+    async def _ready(self, tab: str) -> None:
+        text, plots = READY[tab]
+        await self.page.get_by_text(text).first.wait_for(state="visible",
+                                                         timeout=self.timeout * 1000)
+        if plots:
+            await self.page.wait_for_function("n => window.__visibleCanvases() >= n", arg=plots,
+                                              timeout=self.timeout * 1000)
+
+    async def tour(self) -> None:
+        await self.page.evaluate(VISIBLE_CANVASES)
+        for tab in TOUR:
+            start = time.perf_counter()
+            await self.page.get_by_text(tab, exact=True).first.click(timeout=self.timeout * 1000)
+            await self._ready(tab)
+            self.times[tab] = time.perf_counter() - start
+
+    async def close(self) -> None:
+        await self.context.close()
+
+
+# counts drawn plot canvases that are visible, looking into Bokeh's shadow roots
+VISIBLE_CANVASES = """() => { window.__visibleCanvases = () => {
+  let n = 0;
+  const walk = (root) => { for (const el of root.querySelectorAll('*')) {
+      if (el.tagName === 'CANVAS' && el.width > 0 && el.offsetParent !== null) {
+        const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) n++; }
+      if (el.shadowRoot) walk(el.shadowRoot); } };
+  walk(document); return n; }; }"""
+
+# listens for the slider's input events and the document changes the server sends back
+LATENCY_PROBE = """() => {
+  window.__lat = {t0: null, t1: null, sliders: new Set()};
+  // on the document: input events are composed, so they reach it from Bokeh's shadow roots,
+  // and a slider re-created by a re-render is still heard
+  document.addEventListener('input', (e) => {
+      const el = e.composedPath()[0];
+      if (!el || el.type !== 'range') return;
+      window.__lat.sliders.add(el);
+      if (window.__lat.t0 === null) window.__lat.t0 = performance.now(); }, true);
+  // the slider's own value change is local; the plot's update comes from the server
+  for (const doc of window.Bokeh.documents) doc.on_change((e) => {
+      if (e.attr !== undefined && String(e.attr).startsWith('value')) return;
+      if (window.__lat.t0 !== null && window.__lat.t1 === null)
+        window.__lat.t1 = performance.now(); });
+}"""
+
+
+async def _latency(session: Session, moves: int) -> list[float]:
+    """Slider moves by mouse on the rollout player while a training job runs (ms each)."""
+    page = session.page
+    await page.get_by_text("Rollout", exact=True).first.click()
+    await session._ready("Rollout")
+    slider = page.locator("input[type=range]").first
+    await slider.wait_for(state="visible", timeout=session.timeout * 1000)
+    await page.evaluate(LATENCY_PROBE)
+    out = []
+    for _ in range(moves):
+        box = await slider.bounding_box()
+        await page.evaluate("() => { window.__lat.t0 = null; window.__lat.t1 = null; }")
+        low, high, value = await slider.evaluate(
+            "el => [Number(el.min), Number(el.max), Number(el.value)]")
+        if high <= low:
+            break
+        target = value + 3 if value + 3 <= high else low + (value + 3 - high) % (high - low + 1)
+        target = target if target != value else (low if value != low else high)
+        thumb = 16  # px: the browser draws the range thumb inside the box
+        x = box["x"] + thumb / 2 + (target - low) / (high - low) * (box["width"] - thumb)
+        y = box["y"] + box["height"] / 2
+        await page.mouse.move(x, y)
+        await page.mouse.down()
+        await page.mouse.up()
+        try:
+            await page.wait_for_function("() => window.__lat.t1 !== null", timeout=10000)
+        except Exception:  # no update came back within 10 s: count it as such
+            out.append(10000.0)
+            continue
+        out.append(await page.evaluate("() => window.__lat.t1 - window.__lat.t0"))
+        await asyncio.sleep(0.3)
+    session.sliders_seen = await page.evaluate("() => window.__lat.sliders.size")
+    return out
+
+
+async def _train(session: Session) -> None:
+    page = session.page
+    await page.get_by_role("button", name="Train", exact=True).click()
+    await page.get_by_text(re.compile(r"Submitted \S+")).first.wait_for(
+        timeout=session.timeout * 1000)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (started by any of its threads)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return out
+
+
+def _stats(values):
+    values = sorted(v for v in values if v is not None)
+    if not values:
+        return dict(median=None, max=None, p95=None, n=0)
+    p95 = values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+    return dict(median=statistics.median(values), max=values[-1], p95=p95, n=len(values))
+
+
+async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
+               say) -> dict:
+    from playwright.async_api import async_playwright
+
+    server = Server(data, work / "runs", work / "server.log", cwd)
+    result = dict(sessions=n, machine=_machine())
+    try:
+        result["rss_mb"] = {"idle": server.rss()}
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            # 1. one session alone
+            cpu0 = server.cpu()
+            one = Session(browser, server.url, timeout)
+            await one.open()
+            cpu1 = server.cpu()
+            await one.tour()
+            result["single"] = dict(times=one.times, cpu_first_screen_s=cpu1 - cpu0,
+                                    cpu_tour_s=server.cpu() - cpu0)
+            result["rss_mb"]["one session"] = server.rss()
+            await one.close()
+            say(f"[load] one session: first screen {one.times['first screen']:.1f} s, "
+                + ", ".join(f"{t} {one.times[t]:.1f} s" for t in TOUR))
+            await asyncio.sleep(1)
+            # 2. N at once
+            sessions = [Session(browser, server.url, timeout) for _ in range(n)]
+            cpu0 = server.cpu()
+            opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
+            cpu1 = server.cpu()
+            say(f"[load] {n} sessions opened ({sum(o is None for o in opened)} ok)")
+            toured = await asyncio.gather(*(s.tour() for s, o in zip(sessions, opened)
+                                            if o is None), return_exceptions=True)
+            cpu2 = server.cpu()
+            result["rss_mb"]["all open"] = server.rss()
+            failures = [repr(x) for x in list(opened) + list(toured) if x is not None]
+            result["failures"] = failures
+            result["first_screen_s"] = _stats(s.times.get("first screen") for s in sessions)
+            result["tabs_s"] = {t: _stats(s.times.get(t) for s in sessions) for t in TOUR}
+            result["cpu_per_session_s"] = dict(first_screen=(cpu1 - cpu0) / n,
+                                               tour=(cpu2 - cpu0) / n)
+            say(f"[load] {n} sessions toured ({len(failures)} failures)")
+            # 3. callback latency while a CPU training job runs
+            live = next((s for s, o in zip(sessions, opened) if o is None), None)
+            if live is not None and moves:
+                await _train(live)
+                deadline = time.time() + 60
+                while not _children(server.pid) and time.time() < deadline:
+                    await asyncio.sleep(0.5)
+                training = bool(_children(server.pid))
+                lat = await _latency(live, moves)
+                result["latency_ms"] = dict(_stats(lat), training=training,
+                                            training_running_after=bool(_children(server.pid)),
+                                            slider_elements=live.sliders_seen)
+                say(f"[load] latency over {len(lat)} slider moves (training: {training})")
+            result["console_errors"] = sorted({e for s in sessions + [one] for e in s.errors})
+            result["outside_requests"] = sorted({u for s in sessions + [one] for u in s.outside})
+            # 4. close all; the server drops them after its unused-session lifetime
+            await asyncio.gather(*(s.close() for s, o in zip(sessions, opened) if o is None),
+                                 return_exceptions=True)
+            await browser.close()
+        from dashboard.serve import CHECK_SESSIONS_MS, UNUSED_SESSION_MS
+
+        time.sleep((UNUSED_SESSION_MS + 2 * CHECK_SESSIONS_MS) / 1000 + 3)
+        result["rss_mb"]["after close"] = server.rss()
+    finally:
+        for child in _children(server.pid):  # the training worker, if still running
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        server.stop()
+    result["targets"] = _check(result)
+    return result
+
+
+def _machine() -> str:
+    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text()
+                  .splitlines() if l.startswith("model name")), "?")
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def _check(r: dict) -> dict:
+    """Each target against its measurement: (value, target, met)."""
+    t, out = TARGETS, {}
+
+    def add(name, value, target, ok):
+        out[name] = dict(value=value, target=target, met=bool(ok) if value is not None else None)
+
+    add("server CPU per session to first screen (s)", r["cpu_per_session_s"]["first_screen"],
+        t["cpu_first_screen_s"], r["cpu_per_session_s"]["first_screen"] <= t["cpu_first_screen_s"])
+    add("server CPU per session, whole tour (s)", r["cpu_per_session_s"]["tour"],
+        t["cpu_tour_s"], r["cpu_per_session_s"]["tour"] <= t["cpu_tour_s"])
+    f = r["first_screen_s"]
+    if f["n"]:
+        add("first screen median (s)", f["median"], t["first_median_s"],
+            f["median"] <= t["first_median_s"])
+        add("first screen max (s)", f["max"], t["first_max_s"], f["max"] <= t["first_max_s"])
+    for tab in TOUR[:-1]:
+        s = r["tabs_s"][tab]
+        if s["n"]:
+            add(f"{tab} median (s)", s["median"], t["tab_median_s"], s["median"] <= t["tab_median_s"])
+            add(f"{tab} max (s)", s["max"], t["tab_max_s"], s["max"] <= t["tab_max_s"])
+    lat = r.get("latency_ms", {})
+    if lat.get("n"):
+        add("callback latency p95 (ms)", lat["p95"], t["latency_p95_ms"],
+            lat["p95"] <= t["latency_p95_ms"])
+    rss = r["rss_mb"]
+    peak = max(v for v in rss.values() if v == v)
+    add("server RSS peak (MB)", peak, t["rss_max_mb"], peak <= t["rss_max_mb"])
+    if "after close" in rss:
+        ratio = rss["after close"] / rss["one session"]
+        add("RSS after close / one session", ratio, t["rss_after_ratio"],
+            ratio <= t["rss_after_ratio"])
+    add("console errors", len(r["console_errors"]), 0, not r["console_errors"])
+    add("requests to other hosts", len(r["outside_requests"]), 0, not r["outside_requests"])
+    add("sessions that failed", len(r["failures"]), 0, not r["failures"])
+    return out
+
+
+def report(r: dict) -> str:
+    fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+    lines = [f"load test: {r['sessions']} sessions on {r['machine']}",
+             f"one session alone: first screen {fmt(r['single']['times'].get('first screen'))} s; "
+             + ", ".join(f"{t} {fmt(r['single']['times'].get(t))} s" for t in TOUR)
+             + f"; server CPU {fmt(r['single']['cpu_first_screen_s'])} s to first screen, "
+               f"{fmt(r['single']['cpu_tour_s'])} s whole tour",
+             f"{'stage':<22}{'median':>9}{'max':>9}",
+             f"{'first screen (s)':<22}{fmt(r['first_screen_s']['median']):>9}"
+             f"{fmt(r['first_screen_s']['max']):>9}"]
+    for tab in TOUR:
+        s = r["tabs_s"][tab]
+        lines.append(f"{tab + ' (s)':<22}{fmt(s['median']):>9}{fmt(s['max']):>9}")
+    lat = r.get("latency_ms")
+    if lat:
+        lines.append(f"callback latency: median {fmt(lat['median'])} ms, p95 {fmt(lat['p95'])} ms "
+                     f"over {lat['n']} slider moves (training job running: {lat['training']})")
+    lines.append("server RSS (MB): " + ", ".join(f"{k} {v:.0f}" for k, v in r["rss_mb"].items()))
+    lines.append("server CPU per session (s): first screen "
+                 f"{fmt(r['cpu_per_session_s']['first_screen'])}, whole tour "
+                 f"{fmt(r['cpu_per_session_s']['tour'])}")
+    lines.append("targets:")
+    for name, c in r["targets"].items():
+        mark = {True: "met", False: "MISSED", None: "n/a"}[c["met"]]
+        value = c["value"] if isinstance(c["value"], int) else fmt(c["value"])
+        lines.append(f"  {mark:<7}{name}: {value} (target {c['target']})")
+    for key in ("failures", "console_errors", "outside_requests"):
+        for item in r[key][:10]:
+            lines.append(f"{key}: {item}")
+    return "\n".join(lines)
+
+
+def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
+        data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT, say=print) -> dict:
+    """Run the load test and return its measurements (see the module docstring). ``data`` is
+    the server's data folder (default: the project's); ``cwd`` its working folder, against which
+    shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first."""
+    if not 1 <= sessions <= MAX_SESSIONS:
+        raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
+    if not Path(CHROMIUM).exists():
+        raise FileNotFoundError(f"the load test needs Chromium at {CHROMIUM} "
+                                "(apt-get install chromium)")
+    data = Path(data or ROOT / "data").resolve()
+    work = Path(tempfile.mkdtemp(prefix="ree-load-"))
+    try:
+        return asyncio.run(_run(sessions, timeout, moves, data, work, Path(cwd), say))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tests.loadtest", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", "-n", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds any one wait may take")
+    p.add_argument("--moves", type=int, default=20, help="slider moves for the latency")
+    p.add_argument("--data", default=None, help="data folder (default: the project's data/)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    try:
+        result = run(args.sessions, args.timeout, args.moves, args.data)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=float))
+    broken = result["failures"] or result["console_errors"] or result["outside_requests"]
+    return 1 if broken else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

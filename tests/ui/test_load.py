@@ -1,0 +1,32 @@
+"""The class load test at a small N, so that it cannot rot (`make loadtest N=20` is the real one).
+
+The server gets its own folder: small 64x64 datasets under the names the shipped runs record
+(data/rotation.nc, data/translation.nc) and a copy of the shipped runs. Limits are generous; wall
+times are reported, never asserted.
+"""
+import shutil
+from pathlib import Path
+
+from core.datasets import generate, save_dataset
+from tests import loadtest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_four_sessions_tour_the_tabs_without_errors(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for scenario, sims in (("rotation", 8), ("translation", 4)):
+        save_dataset(generate(scenario, grid=64, steps=80, sims=sims, device="cpu"),
+                     data / f"{scenario}.nc")
+    shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained",
+                    ignore=shutil.ignore_patterns("evaluation"))
+    result = loadtest.run(4, timeout=240, moves=6, data=data, cwd=tmp_path, say=print)
+    print(loadtest.report(result))
+    assert result["failures"] == []
+    assert result["console_errors"] == [] and result["outside_requests"] == []
+    assert result["first_screen_s"]["n"] == 4
+    assert all(result["tabs_s"][tab]["n"] == 4 for tab in loadtest.TOUR)
+    assert result["latency_ms"]["n"] >= 3 and result["latency_ms"]["training"]
+    assert result["cpu_per_session_s"]["tour"] > 0
+    assert {"idle", "one session", "all open", "after close"} <= set(result["rss_mb"])
