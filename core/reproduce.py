@@ -143,8 +143,7 @@ def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | No
                     jobs.append((scenario, name, group, seed, run_id))
         levels = _submit_levels(manager, p, out)
         total = len(jobs) + len(levels)
-        say(f"[reproduce] {total} training jobs submitted; discoveries queue behind them")
-        discovery = _discoveries(manager, p, out, paths, say)
+        say(f"[reproduce] {total} training jobs submitted; discoveries run once they finish")
         finished = 0
         ids = [j[-1] for j in jobs] + [j[-1] for j in levels]
         for run_id in ids:
@@ -153,6 +152,8 @@ def run(preset: str = "cpu", out: str | Path = "results", *, scheduler: str | No
             if finished % 5 == 0 or finished == total:
                 say(f"[reproduce] {finished}/{total} jobs finished "
                     f"({time.perf_counter() - started:.0f} s)")
+        # after the training jobs, so that the budget curve's minutes are the discoveries' own
+        discovery = _discoveries(manager, p, out, paths, say)
         results = dict(
             preset=preset, note=p.note, seconds=None,
             table=_table(manager, jobs),

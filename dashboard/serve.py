@@ -24,7 +24,6 @@ APP = ROOT / "dashboard" / "app.py"
 WARM = ROOT / "dashboard" / "warm.py"
 UNUSED_SESSION_MS = 10_000
 CHECK_SESSIONS_MS = 5_000
-THREADS = 4  # session callbacks run in a small pool, so one slow analysis does not block others
 
 
 def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | None = None,
@@ -37,8 +36,8 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(CHECK_SESSIONS_MS),
            "--unused-session-lifetime", str(UNUSED_SESSION_MS)]
-    if procs == 1:  # bokeh refuses a thread pool together with several processes
-        cmd += ["--num-threads", str(THREADS)]
+    # no --num-threads: callbacks in a thread pool raced on Panel's shared stylesheets under
+    # load (pages then asked cdn.holoviz.org for CSS) and buy nothing under the GIL
     for o in origins:
         cmd += ["--allow-websocket-origin", o]
     return cmd + list(extra or [])
