@@ -36,8 +36,9 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(CHECK_SESSIONS_MS),
            "--unused-session-lifetime", str(UNUSED_SESSION_MS)]
-    # no --num-threads: callbacks in a thread pool raced on Panel's shared stylesheets under
-    # load (pages then asked cdn.holoviz.org for CSS) and buy nothing under the GIL
+    # no --num-threads: with a pool of 4, 20 sessions at once got stylesheet links to
+    # cdn.holoviz.org (seen by the load test; suspected thread race in Panel's stylesheet
+    # patching), and threads buy no CPU under the GIL
     for o in origins:
         cmd += ["--allow-websocket-origin", o]
     return cmd + list(extra or [])

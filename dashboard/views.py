@@ -14,6 +14,7 @@ from functools import lru_cache
 
 import holoviews as hv
 import numpy as np
+import pandas as pd
 import panel as pn
 import param
 import xarray as xr
@@ -298,7 +299,9 @@ class RunsCatalog(pn.viewable.Viewer):
         rows = self.state.services.catalog() if rows is None else rows
         ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
-        if ids != self._ids or not frame.equals(self.table.value):
+        if ids == self._ids and self._patch(frame):
+            pass  # same runs: changed cells only (a job's progress), selection untouched
+        elif ids != self._ids or not frame.equals(self.table.value):
             kept = [i for i in self.state.selected_runs if i in ids]
             self._ids = ids
             self._refreshing = True  # a new table value resets the selection: not the user's
@@ -314,6 +317,23 @@ class RunsCatalog(pn.viewable.Viewer):
             if done and not self.state.selected_runs:
                 self.table.selection = done[:1]
             self._opened = bool(done)
+
+    def _patch(self, frame) -> bool:
+        """Send only the cells that changed (every session gets this once a second while a job
+        runs; re-sending the table would cost each of them the whole table)."""
+        old = self.table.value
+        if old is None or list(old.columns) != list(frame.columns) or len(old) != len(frame):
+            return False
+        patches = {}
+        for column in frame.columns:
+            for pos, (a, b) in enumerate(zip(old[column].astype(object),
+                                             frame[column].astype(object))):
+                same = (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
+                if not same:
+                    patches.setdefault(column, []).append((old.index[pos], b))
+        if patches:
+            self.table.patch(patches)
+        return True
 
     def _selected(self, event):
         if not self._refreshing:

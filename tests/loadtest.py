@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -425,7 +426,10 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
     data = Path(data or ROOT / "data").resolve()
     work = Path(tempfile.mkdtemp(prefix="ree-load-"))
     try:
-        return asyncio.run(_run(sessions, timeout, moves, data, work, Path(cwd), say))
+        # in a thread of its own: pytest may already run an event loop here (sync Playwright)
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
+                                                 Path(cwd), say)).result()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -203,3 +203,15 @@ def test_a_changing_listing_keeps_the_selection_without_re_rendering(state):
     assert events == [] and state.selected_runs == chosen
     catalog.poll([r for r in rows if r["id"] != chosen[0]])  # the selected run disappears
     assert state.selected_runs == []
+
+
+def test_progress_changes_patch_cells_and_keep_the_table(state):
+    catalog = RunsCatalog(state)
+    rows = [dict(r) for r in state.services.catalog()]
+    catalog.poll(rows)
+    table = catalog.table.value
+    rows[1]["progress"], rows[1]["state"] = 0.25, "running"
+    catalog.poll(rows)
+    assert catalog.table.value is table  # patched in place, not replaced
+    assert catalog.table.value.iloc[1]["progress %"] == 25.0
+    assert catalog.table.value.iloc[1]["state"] == "running"
