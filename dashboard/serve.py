@@ -6,8 +6,9 @@ One place for the server's settings (the load test uses the same):
   starts taking sessions (:mod:`core.evaluation`; quick when they are already there);
 * ``--setup dashboard/warm.py`` imports the plotting stack and builds the shared figures once per
   server process, so no student's session pays for it;
-* closed sessions are dropped after :data:`UNUSED_SESSION_MS` (checked every
-  :data:`CHECK_SESSIONS_MS`) and their memory handed back;
+* sessions whose page has not connected, or that were closed, are dropped after
+  :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`) and their memory handed
+  back; a callback pool of :data:`THREADS` threads;
 * loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network.
 
 Extra arguments after ``--`` go to ``panel serve`` unchanged (e.g. ``-- --admin``).
@@ -22,23 +23,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
 WARM = ROOT / "dashboard" / "warm.py"
-UNUSED_SESSION_MS = 10_000
-CHECK_SESSIONS_MS = 5_000
+# A session is created by the page request and dropped if its websocket has not connected within
+# this time; under a class's load the first screen can take a minute, and a session recreated at
+# connect time lacks its page's resource paths (its stylesheets then point at cdn.holoviz.org).
+UNUSED_SESSION_MS = 120_000
+CHECK_SESSIONS_MS = 10_000
+THREADS = 4  # a small callback pool: measured faster at 20 sessions than none (BENCHMARKS.md)
 
 
 def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | None = None,
-                  procs: int = 1, extra: list[str] | None = None) -> list[str]:
+                  procs: int = 1, extra: list[str] | None = None,
+                  unused_session_ms: int = UNUSED_SESSION_MS) -> list[str]:
     """The ``panel serve`` command line for ``address:port``."""
     origins = [origin or f"{'127.0.0.1' if address in ('0.0.0.0', '::') else address}:{port}"]
     if address in ("127.0.0.1", "localhost"):
         origins.append(f"localhost:{port}")
     cmd = [sys.executable, "-m", "panel", "serve", str(APP), "--address", address,
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
-           "--check-unused-sessions", str(CHECK_SESSIONS_MS),
-           "--unused-session-lifetime", str(UNUSED_SESSION_MS)]
-    # no --num-threads: with a pool of 4, 20 sessions at once got stylesheet links to
-    # cdn.holoviz.org (seen by the load test; suspected thread race in Panel's stylesheet
-    # patching), and threads buy no CPU under the GIL
+           "--check-unused-sessions", str(min(CHECK_SESSIONS_MS, unused_session_ms)),
+           "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS)]
     for o in origins:
         cmd += ["--allow-websocket-origin", o]
     return cmd + list(extra or [])

@@ -75,9 +75,11 @@ def _rss_mb(pid: int) -> float:
 class Server:
     """``panel serve`` as dashboard.serve runs it, in its own process group."""
 
-    def __init__(self, data: Path, runs: Path, log: Path, cwd: Path = ROOT):
-        from dashboard.serve import panel_command, precompute_shipped
+    def __init__(self, data: Path, runs: Path, log: Path, cwd: Path = ROOT,
+                 unused_session_ms: int | None = None):
+        from dashboard.serve import UNUSED_SESSION_MS, panel_command, precompute_shipped
 
+        self.unused_session_ms = unused_session_ms or UNUSED_SESSION_MS
         self.port = _free_port()
         env = dict(os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
                    PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
@@ -93,7 +95,8 @@ class Server:
             for k, v in saved.items():
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         self.log = open(log, "wb")
-        self.proc = subprocess.Popen(panel_command("127.0.0.1", self.port), cwd=cwd, env=env,
+        command = panel_command("127.0.0.1", self.port, unused_session_ms=self.unused_session_ms)
+        self.proc = subprocess.Popen(command, cwd=cwd, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}/app"
@@ -264,10 +267,10 @@ def _stats(values):
 
 
 async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
-               say) -> dict:
+               unused_session_ms: int | None, say) -> dict:
     from playwright.async_api import async_playwright
 
-    server = Server(data, work / "runs", work / "server.log", cwd)
+    server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms)
     result = dict(sessions=n, machine=_machine())
     try:
         result["rss_mb"] = {"idle": server.rss()}
@@ -322,9 +325,10 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
             await asyncio.gather(*(s.close() for s, o in zip(sessions, opened) if o is None),
                                  return_exceptions=True)
             await browser.close()
-        from dashboard.serve import CHECK_SESSIONS_MS, UNUSED_SESSION_MS
+        from dashboard.serve import CHECK_SESSIONS_MS
 
-        time.sleep((UNUSED_SESSION_MS + 2 * CHECK_SESSIONS_MS) / 1000 + 3)
+        check = min(CHECK_SESSIONS_MS, server.unused_session_ms)
+        time.sleep((server.unused_session_ms + 2 * check) / 1000 + 3)
         result["rss_mb"]["after close"] = server.rss()
     finally:
         for child in _children(server.pid):  # the training worker, if still running
@@ -414,10 +418,12 @@ def report(r: dict) -> str:
 
 
 def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
-        data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT, say=print) -> dict:
+        data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
+        unused_session_ms: int | None = None, say=print) -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
-    shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first."""
+    shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
+    ``unused_session_ms`` shortens the server's session lifetime (default: dashboard.serve's)."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not Path(CHROMIUM).exists():
@@ -429,7 +435,7 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         # in a thread of its own: pytest may already run an event loop here (sync Playwright)
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
-                                                 Path(cwd), say)).result()
+                                                 Path(cwd), unused_session_ms, say)).result()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
