@@ -20,7 +20,7 @@ import param
 import xarray as xr
 
 from core.errors import SpecError
-from core.evaluation import (artifact_path, cached_dataset_attrs, cached_metrics, evaluation)
+from core.evaluation import cached_dataset_attrs, cached_metrics, evaluation
 from core.runs import RunError
 
 from . import plots
@@ -71,9 +71,11 @@ class _Shared:
 _figures = _Shared()
 
 
-def _figure_key(run, kind: str, *extra) -> tuple:
-    """Identity of a figure of ``run``: its evaluation artifact (weights and dataset)."""
-    return (kind, str(artifact_path(run, kind)), *extra)
+def _figure_key(evaluated, *extra) -> tuple:
+    """Identity of a figure: the evaluation it shows (kind, weights and dataset fingerprints,
+    which the artifact carries), plus what else shapes the figure."""
+    a = evaluated.attrs
+    return (a["evaluation_kind"], a["evaluation_weights"], a["evaluation_dataset"], *extra)
 
 
 def _folded(title: str, contents) -> pn.Card:
@@ -608,7 +610,7 @@ class BreakingView(RunView):
         if analysis.attrs.get("kind") == "translation":
             boundary = cached_dataset_attrs(run.dataset_path()).get("boundary_x")
         heatmaps, bars = _figures.get(
-            _figure_key(run, "breaking", boundary),
+            _figure_key(analysis, boundary),
             lambda: (plots.weights_heatmaps(analysis, boundary_x=boundary),
                      plots.breaking_bars(analysis)))
         score = analysis.attrs.get("breaking_score", float("nan"))
@@ -648,7 +650,7 @@ class RolloutView(RunView):
         parts = [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
                  pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
         rollout = evaluation(run, "rollout")
-        frames = _figures.get(_figure_key(run, "rollout", self.quantity), lambda: plots.flow_frames(
+        frames = _figures.get(_figure_key(rollout, self.quantity), lambda: plots.flow_frames(
             rollout["truth"].values, rollout["prediction"].values, quantity=self.quantity))
         steps = rollout.sizes["step"]
         self.player.end = steps
