@@ -10,7 +10,7 @@ DATASETS := data/rotation.nc data/translation.nc data/levels.nc \
 ADDRESS ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: test install bench data pretrained dashboard discover precompute loadtest clean
+.PHONY: test install bench data pretrained dashboard discover precompute loadtest gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -25,6 +25,18 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m core bench
+
+# the GPU check (README, GPU use) with the Python that holds your CUDA torch, not .venv (whose
+# torch is the pinned CPU wheel): make gpu-check [GPU_PYTHON=python3] [GPU_CHECK_ARGS="--minutes 8"]
+GPU_PYTHON ?= python3
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -m core gpu-check --out gpu-check $(GPU_CHECK_ARGS)
+
+# wheels for a GPU machine without network that lacks them (Python 3.12, x86-64): carry .whl/
+gpu-wheels:
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux2014_x86_64 -d .whl h5netcdf==1.8.2
 
 # default datasets, simulated on first use (deterministic; not committed)
 data: $(DATASETS)

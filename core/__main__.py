@@ -181,26 +181,46 @@ def _print_info(info: dict) -> None:
         print(f"data equivariance error ({dee['group']}): mean {dee['mean']:.3f}; per orbit {per}")
 
 
-def _add_import_pt(commands) -> None:
+def _add_import(commands) -> None:
+    from .datasets import PT_LAYOUTS
+
     p = commands.add_parser(
-        "import-pt", help="convert a folder of published .pt tensors to our netCDF format",
-        description="Read one [T, 2, H, W] tensor per simulation (torch.load with "
-                    "weights_only=True) and save them in the dataset format.")
-    p.add_argument("folder", help="folder of .pt files")
-    p.add_argument("--layout", required=True, choices=("phiflow", "jetflow"))
+        "import", aliases=["import-pt"],
+        help="read your own flow (netCDF/HDF5, .npy/.npz, .pt folder or zip) into a dataset",
+        description="Read velocity data into the dataset format (core/importers.py): our "
+                    "netCDF; netCDF/HDF5 with other variable and dimension names (recognised, "
+                    "or given with --map); .npy/.npz arrays [sims, T, 2, H, W] or [T, 2, H, W]; "
+                    "a folder or .zip of .pt tensors [T, 2, H, W] (never unpickled). Default "
+                    "splits: future = the last start times, domain = held-out sims from 3 sims "
+                    "on. An existing --out is kept unless --force.")
+    p.add_argument("path", help="file or folder to read")
     p.add_argument("--out", required=True, metavar="PATH", help="netCDF file to write")
-    p.set_defaults(handler=_run_import_pt)
+    p.add_argument("--map", dest="mapping", metavar="ROLE=NAME,...",
+                   help="names in the file: u, v, velocity, component, sim, time, y, x "
+                        "(e.g. u=U,v=V,x=lon,y=lat)")
+    p.add_argument("--layout", choices=sorted(PT_LAYOUTS),
+                   help="published .pt data: record the scenario as imported-LAYOUT")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=_run_import)
 
 
-def _run_import_pt(args: argparse.Namespace) -> int:
-    from .datasets import DatasetError, import_pt, save_dataset, summary
+def _run_import(args: argparse.Namespace) -> int:
+    from .datasets import DatasetError, save_dataset, summary
+    from .importers import parse_mapping, read_flow
 
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        return _fail(f"{out} exists; pass --force to replace it (nothing was written)")
     try:
-        ds = import_pt(args.folder, args.layout)
+        ds = read_flow(args.path, parse_mapping(args.mapping))
     except DatasetError as err:
         return _fail(str(err))
-    path = save_dataset(ds, args.out)
-    print(f"wrote {path}")
+    if args.layout:
+        from .datasets import PT_LAYOUTS
+        ds.attrs["scenario"] = PT_LAYOUTS[args.layout]["scenario"]
+    path = save_dataset(ds, out)
+    print(f"wrote {path} ({ds.attrs['split_note']})" if "split_note" in ds.attrs
+          else f"wrote {path}")
     _print_info(summary(ds))
     return 0
 
@@ -654,6 +674,41 @@ def _run_execute(args: argparse.Namespace) -> int:
     return 0 if execute_run(args.run_dir) == "done" else 1
 
 
+def _add_gpu_check(commands) -> None:
+    p = commands.add_parser(
+        "gpu-check", help="check and time the GPU path (correctness, jobs, simulator, speed "
+                          "against the published code, a slice of reproduce --preset gpu)",
+        description="Six steps in order (core/gpucheck.py), each recorded in OUT/gpu-check.json "
+                    "and OUT/gpu-check.md as it finishes. Exit code 1 when a step failed; a "
+                    "skipped step (no CUDA, a missing package, no time left) is not a failure.")
+    p.add_argument("--out", required=True, help="folder for gpu-check.json and gpu-check.md")
+    p.add_argument("--device", default="cuda", help="cuda (default), cpu or auto")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny sizes: the whole check in well under two minutes on a CPU")
+    p.add_argument("--minutes", type=float, default=8.0,
+                   help="time budget shared by the steps (default: %(default)s)")
+    p.add_argument("--steps", default=None,
+                   help="comma-separated subset of: environment, correctness, jobs, simulator, "
+                        "speed, reproduce (default: all)")
+    p.set_defaults(handler=_run_gpu_check)
+
+
+def _run_gpu_check(args: argparse.Namespace) -> int:
+    from .gpucheck import STEPS, GpuCheck, summary
+
+    steps = STEPS if args.steps is None else [s.strip() for s in args.steps.split(",") if s.strip()]
+    try:
+        check = GpuCheck(args.out, device=args.device, quick=args.quick, minutes=args.minutes,
+                         steps=steps)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = check.run()
+    print(summary(report))
+    failed = any(s["status"] == "failed" for s in report["steps"]) or bool(report["out_error"])
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Run as ``python -m core`` argv[0] is this file's path; name the command as typed instead.
     prog = "python -m core" if sys.argv[0].endswith("__main__.py") else None
@@ -663,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="<command>", required=True)
     _add_bench(commands)
     _add_generate(commands)
-    _add_import_pt(commands)
+    _add_import(commands)
     _add_info(commands)
     _add_train(commands)
     _add_evaluate(commands)
@@ -673,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pretrain(commands)
     _add_reproduce(commands)
     _add_discover(commands)
+    _add_gpu_check(commands)
     _add_execute(commands)
     return parser
 

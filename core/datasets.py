@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -305,46 +304,19 @@ PT_LAYOUTS = {
 }
 
 
-def _natural_key(path: Path):
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
-
-
 def import_pt(folder: str | os.PathLike, layout: str) -> xr.Dataset:
     """Read a folder of per-simulation ``.pt`` tensors ``[T, 2, H, W]`` (u, v) into the dataset
-    format. Files are taken in natural order of their names (sim_2 before sim_10) and loaded with
-    ``torch.load(weights_only=True)``, so no pickled code runs. Every fifth simulation
-    (index % 5 == 4) is held out as the "domain" split; time windows are the paper's, scaled to T.
-    Layouts: "phiflow" (smoke plumes) and "jetflow" (PIV jets); they share the tensor convention
-    and differ in the scenario name recorded."""
+    format (:func:`core.importers.read_flow`: natural order of names, never unpickled, the
+    default splits). Layouts: "phiflow" (smoke plumes) and "jetflow" (PIV jets); they share the
+    tensor convention and differ in the scenario name recorded."""
+    from .importers import read_flow
+
     if layout not in PT_LAYOUTS:
         raise DatasetError(f"unknown layout {layout!r}; valid: {', '.join(PT_LAYOUTS)}")
-    folder = Path(folder)
-    if not folder.is_dir():
+    if not Path(folder).is_dir():
         raise DatasetError(f"{folder}: not a folder")
-    files = sorted(folder.glob("*.pt"), key=_natural_key)
-    if not files:
-        raise DatasetError(f"{folder}: no .pt files")
-    arrays = []
-    for f in files:
-        try:
-            t = torch.load(f, weights_only=True, map_location="cpu")
-        except Exception as err:
-            raise DatasetError(f"{f}: not a tensor file torch can load safely ({err})") from None
-        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != 2:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise DatasetError(f"{f}: expected a tensor [T, 2, H, W], got {shape}")
-        if arrays and t.shape != arrays[0].shape:
-            raise DatasetError(f"{f}: shape {tuple(t.shape)} differs from {tuple(arrays[0].shape)} "
-                               f"of {files[0].name}")
-        arrays.append(t.to(torch.float32).numpy())
-    velocity = np.stack(arrays)
-    n, steps, _, h, w = velocity.shape
-    setup = sc.SetUp(inflows=[[]] * n, buoyancy_map=np.ones((h, w), dtype=np.float32),
-                     domain_sims=[i for i in range(n) if i % 5 == 4] if n > 1 else [])
-    ds = _to_dataset(velocity, setup, scenario=PT_LAYOUTS[layout]["scenario"],
-                     breaking=float("nan"), seed=-1, steps=steps, grid=(h, w), solver={})
-    ds.attrs["source"] = str(folder)
-    validate(ds, str(folder))
+    ds = read_flow(folder)
+    ds.attrs["scenario"] = PT_LAYOUTS[layout]["scenario"]
     return ds
 
 

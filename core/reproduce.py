@@ -79,8 +79,8 @@ PRESETS = {
                   levels=10, note="32x32, 120 steps, width 16, 4 layers, 6 epochs of 25 batches "
                                   "of 8, 3 seeds"),
     "gpu": Preset(grid=64, steps=310, sims=dict(translation=35, rotation=36, scale=38), seeds=3,
-                  hidden={"*": 128, "rgroup": 32, "gconv": 32, "rsteer": 92, "steer": 92,
-                          "rpp": 32, "lift": 32, "combo": 32},
+                  # our widths count channels: the published 32 regular C4 fields are 128
+                  hidden={"*": 128, "rsteer": 92, "steer": 32},
                   layers=5, in_frames=10,
                   training=dict(epochs=50, batch_size=8, lr=1e-3, valid_samples=512,
                                 device="auto"),

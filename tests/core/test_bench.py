@@ -75,8 +75,10 @@ def test_paper_suite_reports_epoch_time_and_published_numbers():
     report = run_benchmark(suite="paper", grid=(8, 8), repeats=1, warmup=0, sample_seconds=0.0,
                            progress=None)
     rows = {r["model"]: r for r in report["results"]}
-    assert set(rows) == {"paper-conv", "paper-rgroup-translation", "paper-rsteer", "paper-rgroup"}
-    rgroup = rows["paper-rgroup"]
-    assert rgroup["hidden_dim"] == 32 and rgroup["batch"] == 8 and rgroup["precision"] == "fp32"
+    assert set(rows) == {"paper-conv", "paper-rgroup-translation", "paper-rsteer", "paper-rgroup",
+                         "paper-steer"}
+    rgroup = rows["paper-rgroup"]  # 32 regular C4 fields = 128 channels
+    assert rgroup["hidden_dim"] == 128 and rgroup["batch"] == 8 and rgroup["precision"] == "fp32"
     assert rgroup["epoch_s"] == pytest.approx(rgroup["train_ms"] * 560 / 1e3)
     assert rgroup["published_h200_train_ms"] == 90.0 and report["targets"] == []
+    assert rows["paper-steer"]["published_h200_rollout_ms"] == 30.0

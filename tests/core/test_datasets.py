@@ -217,7 +217,7 @@ def test_cli_generate_and_info(tmp_path, capsys):
     (["generate", "rotation", "--out", "x.nc", "--sims", "5"], "multiple of 4"),
     (["generate", "rotation", "--out", "x.nc", "--breaking", "-1"], "breaking"),
     (["info", "missing.nc"], "no such file"),
-    (["import-pt", "nowhere", "--layout", "phiflow", "--out", "x.nc"], "not a folder"),
+    (["import-pt", "nowhere", "--layout", "phiflow", "--out", "x.nc"], "no such file or folder"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, monkeypatch, capsys, argv, message):
     monkeypatch.chdir(tmp_path)
