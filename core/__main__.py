@@ -200,13 +200,16 @@ def _add_import(commands) -> None:
                         "(e.g. u=U,v=V,x=lon,y=lat)")
     p.add_argument("--layout", choices=sorted(PT_LAYOUTS),
                    help="published .pt data: record the scenario as imported-LAYOUT")
+    p.add_argument("--crop-square", action="store_true",
+                   help="keep the centred square of a non-square grid (for rotation symmetry "
+                        "of the data: discovery with C_n/D_n)")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(handler=_run_import)
 
 
 def _run_import(args: argparse.Namespace) -> int:
     from .datasets import DatasetError, save_dataset, summary
-    from .importers import parse_mapping, read_flow
+    from .importers import crop_square, parse_mapping, read_flow
 
     out = Path(args.out)
     if out.exists() and not args.force:
@@ -215,6 +218,8 @@ def _run_import(args: argparse.Namespace) -> int:
         ds = read_flow(args.path, parse_mapping(args.mapping))
     except DatasetError as err:
         return _fail(str(err))
+    if args.crop_square:
+        ds = crop_square(ds)
     if args.layout:
         from .datasets import PT_LAYOUTS
         ds.attrs["scenario"] = PT_LAYOUTS[args.layout]["scenario"]

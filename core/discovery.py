@@ -218,7 +218,9 @@ def check_request(data: xr.Dataset, group, control: xr.Dataset | None, seeds: in
         raise DiscoveryError(f"seeds must be an integer >= 1, got {seeds!r}")
     h, w = data.sizes["y"], data.sizes["x"]
     if isinstance(g, _PlanarGroup) and h != w and g.n not in (1, 2):
-        raise DiscoveryError(f"{g.name} needs a square grid: {where} is {h}x{w} (H x W)")
+        raise DiscoveryError(f"{g.name} needs a square grid: {where} is {h}x{w} (H x W); "
+                             f"a quarter turn of its frames would not fit the grid (python -m core "
+                             f"import FILE --crop-square keeps the centred square)")
     train = np.atleast_1d(data.attrs["split_train_sims"])
     if isinstance(g, TranslationGroup):
         if len(train) < 3:

@@ -24,7 +24,11 @@ Defaults of an imported dataset (recorded in its attributes, with the ``source``
 * the *domain* split holds out every fifth sim (index % 5 == 4) from 5 sims on, the last sim with
   3 or 4 sims, and none with fewer (``split_note`` says which);
 * rows run bottom to top (y up, our convention) as stored; the grid may be non-square (JetFlow's
-  62 x 23): models whose group needs a square grid (C_n, D_n) say so when built for it.
+  62 x 23). Every model trains on it: the zoo is fully convolutional, and its C_n / D_n models
+  stay equivariant as maps between an H x W and a W x H grid. What needs a square grid is a
+  rotation symmetry *of the data* (a turned frame must fit the same grid): discovery with C_n /
+  D_n refuses such data with that reason, and :func:`crop_square` (the CLI's ``--crop-square``)
+  is the explicit way to a centred square crop.
 
 Every problem raises :class:`core.datasets.DatasetError` with one line naming the file and what
 is wrong: unreadable, truncated, wrong shape, NaN or inf, empty.
@@ -44,7 +48,8 @@ import xarray as xr
 from . import scenarios as sc
 from .datasets import DIMS, ENGINE, DatasetError, _to_dataset, validate
 
-__all__ = ["read_flow", "parse_mapping", "FORMATS", "read_pt", "stack_velocity"]
+__all__ = ["read_flow", "parse_mapping", "crop_square", "describe", "FORMATS", "read_pt",
+           "stack_velocity"]
 
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".cdf": "netcdf", ".h5": "netcdf",
            ".hdf5": "netcdf", ".he5": "netcdf", ".npy": "npy", ".npz": "npz", ".zip": "pt-zip",
@@ -141,6 +146,20 @@ def _standard(velocity: np.ndarray, *, source: str, kind: str, mapping: dict) ->
                     mapping=",".join(f"{k}={v}" for k, v in mapping.items()))
     validate(ds, source)
     return ds
+
+
+def crop_square(ds: xr.Dataset) -> xr.Dataset:
+    """The centred ``n x n`` crop of a dataset, ``n = min(H, W)`` (recorded in ``crop``)."""
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    n = min(h, w)
+    y0, x0 = (h - n) // 2, (w - n) // 2
+    out = ds.isel(y=slice(y0, y0 + n), x=slice(x0, x0 + n))
+    out = out.assign_coords(y=np.arange(n) + 0.5, x=np.arange(n) + 0.5)
+    out.attrs = dict(ds.attrs, grid=np.asarray([n, n], dtype=np.int64),
+                     crop=f"centred {n}x{n} of {h}x{w} (rows {y0}..{y0 + n - 1}, columns "
+                          f"{x0}..{x0 + n - 1})")
+    validate(out, "the cropped dataset")
+    return out
 
 
 def _as_velocity(array: np.ndarray, where: str) -> np.ndarray:
