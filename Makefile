@@ -10,7 +10,7 @@ DATASETS := data/rotation.nc data/translation.nc data/levels.nc \
 ADDRESS ?= 127.0.0.1
 PORT ?= 5006
 
-.PHONY: test install bench data pretrained dashboard discover precompute loadtest gpu-check gpu-wheels clean
+.PHONY: test install bench data pretrained dashboard discover precompute loadtest uploadbench gpu-check gpu-wheels clean
 
 install: $(STAMP)
 
@@ -63,6 +63,11 @@ precompute: $(DATASETS)
 N ?= 20
 loadtest: $(DATASETS)
 	$(PY) -m tests.loadtest --sessions $(N)
+
+# a MB-sized netCDF dropped on the served dashboard, timed to its preview: make uploadbench MB=200
+MB ?= 200
+uploadbench: $(STAMP)
+	$(PY) -m tests.uploadbench --mb $(MB)
 
 # the runs and discoveries shipped in data/pretrained/ (about 25 minutes on a 2-core CPU)
 pretrained: $(DATASETS)

@@ -429,7 +429,7 @@ def summary(ds: xr.Dataset) -> dict:
                    domain_sims=np.atleast_1d(ds.attrs["split_domain_sims"]).tolist(),
                    **{f"window_{s}": np.atleast_1d(ds.attrs[f"window_{s}"]).tolist()
                       for s in SPLITS}),
-        max_speed=float(np.sqrt((vel.values ** 2).sum(axis=2)).max()),
+        max_speed=max(float(np.sqrt((sim ** 2).sum(axis=1)).max()) for sim in vel.values),
         max_divergence=max_divergence(torch.from_numpy(np.ascontiguousarray(vel.values))),
         divergence_tolerance=DIV_TOLERANCE,
     )

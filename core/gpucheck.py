@@ -36,6 +36,7 @@ import importlib.metadata
 import importlib.util
 import json
 import math
+import os
 import platform
 import shutil
 import subprocess
@@ -202,7 +203,7 @@ def _environment(check: GpuCheck) -> dict:
                 torch=torch.__version__, torch_cuda=torch.version.cuda,
                 cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available()
                 else None, cuda_available=torch.cuda.is_available(), packages=versions,
-                cpu_count=__import__("os").cpu_count())
+                cpu_count=os.cpu_count())
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2 ** 30, 1),
@@ -373,7 +374,7 @@ def _jobs(check: GpuCheck) -> dict:
         spec = dict(name="rgroup", group="C4", in_frames=2, hidden_dim=s["hidden"],
                     num_layers=s["layers"], num_banks=2, alpha=1e-3)
         short = dict(epochs=1, batch_size=4, batches_per_epoch=3, valid_samples=4,
-                     device=device.type, threads=1)
+                     device=device.type, threads=1, patience=1000)
         manager = JobManager(Path(tmp) / "runs", max_cpu_jobs=1, poll=0.2)
         try:
             began = time.perf_counter()

@@ -48,8 +48,8 @@ import xarray as xr
 from . import scenarios as sc
 from .datasets import DIMS, ENGINE, DatasetError, _to_dataset, validate
 
-__all__ = ["read_flow", "parse_mapping", "crop_square", "describe", "FORMATS", "read_pt",
-           "stack_velocity"]
+__all__ = ["read_flow", "parse_mapping", "crop_square", "describe", "file_names", "FORMATS",
+           "ROLES", "read_pt", "stack_velocity"]
 
 FORMATS = {".nc": "netcdf", ".nc4": "netcdf", ".cdf": "netcdf", ".h5": "netcdf",
            ".hdf5": "netcdf", ".he5": "netcdf", ".npy": "npy", ".npz": "npz", ".zip": "pt-zip",
@@ -247,6 +247,21 @@ def _find(names, role: str, mapping: dict, what: str, where: str):
     return None
 
 
+def file_names(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The names a mapping can refer to: ``variables`` and ``dimensions`` of a netCDF/HDF5 file,
+    the arrays (``variables``) of an .npz; empty lists for other formats."""
+    path = Path(path)
+    kind = FORMATS.get(path.suffix.lower()) if path.is_file() else None
+    if kind == "netcdf":
+        with _open(path) as ds:
+            return dict(variables=[str(v) for v in ds.data_vars],
+                        dimensions=[str(d) for d in ds.dims])
+    if kind == "npz":
+        with _np_load(path) as archive:
+            return dict(variables=list(archive.files), dimensions=[])
+    return dict(variables=[], dimensions=[])
+
+
 def describe(ds: xr.Dataset) -> str:
     """One line listing a file's variables and their dims (for error messages and previews)."""
     return "; ".join(f"{name}{tuple(map(str, var.dims))}" for name, var in ds.data_vars.items())
@@ -301,9 +316,11 @@ def _read_netcdf(path: Path, mapping: dict):
             raise DatasetError(f"{where}: {what}; the variables are {describe(ds)}; give "
                                f"--map time=NAME,y=NAME,x=NAME[,sim=NAME]")
         order = [roles[r] for r in ("sim", "time", "y", "x") if r in roles]
-        if len(parts) == 2:
-            arrays = [p.transpose(*order).values for p in parts]
-            velocity = np.stack(arrays, axis=-3)
+        if len(parts) == 2:  # filled one component at a time: the file's arrays are not all
+            first = parts[0].transpose(*order)  # held next to the result at once
+            velocity = np.empty((*first.shape[:-2], 2, *first.shape[-2:]), dtype=np.float32)
+            for c, part in enumerate(parts):
+                velocity[..., c, :, :] = part.transpose(*order).values
         else:
             velocity = parts[0].transpose(*order[:-2], component, *order[-2:]).values
         if "sim" not in roles:

@@ -16,25 +16,12 @@ TITLE = "Relaxed-Equivariance Explorer"
 REFRESH_MS = 1000
 
 
-def release_memory() -> None:
-    """Collect garbage and return freed heap pages to the system (glibc), so a server's memory
-    falls back after a class closes its sessions."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 class ExplorerApp(pn.viewable.Viewer):
     """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
 
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
-        pn.extension("tabulator", notifications=True)
+        pn.extension("tabulator", "filedropper", notifications=True)
         hv.extension("bokeh", logo=False)
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
@@ -98,7 +85,10 @@ class ExplorerApp(pn.viewable.Viewer):
         """Stop polling and hand the session's memory back to the system."""
         if self._callback is not None:
             self._callback.stop()
-        release_memory()
+        # through the state module: `panel serve` runs this file as a throw-away module whose
+        # globals are gone by the time a session is destroyed
+        import dashboard.state
+        dashboard.state.release_memory()
 
     def template(self) -> pn.template.BootstrapTemplate:
         # Bootstrap: all resources are served locally (the Fast design fetches web fonts)

@@ -23,7 +23,7 @@ __all__ = [
     "weights_heatmaps", "breaking_bars", "training_curves", "rollout_curves", "flow_frames",
     "flow_panel", "speed", "vorticity", "equivariance_bars", "equivariance_vs_data",
     "sweep_plot", "zero_alpha_position", "runs_table_frame", "message", "TABLE_COLUMNS",
-    "discovery_gains", "discovery_maps", "boundary_profile", "discovery_weights",
+    "discovery_gains", "discovery_maps", "boundary_profile", "discovery_weights", "flow_preview",
 ]
 
 PALETTE = tuple(Category10_10)
@@ -597,6 +597,19 @@ def _flow_image(field, quantity, title, vdim, cmap, clim, arrows) -> hv.Overlay 
     layers = [img] + ([_arrows(field, arrows)] if arrows else [])
     return hv.Overlay(layers).opts(title=title, xlabel="x (cells)", ylabel="y (cells)",
                                    data_aspect=1, **_SIZE)
+
+
+def flow_preview(frame: np.ndarray, title: str = "flow", quantity: str = "speed",
+                 arrows: int = 12) -> hv.Overlay | hv.Text:
+    """One velocity frame ``[2, H, W]`` as speed (or vorticity) with arrows: an upload's look."""
+    _check_quantity(quantity)
+    frame = _as_frames(frame, 3)
+    if frame is None:
+        return message("n/a: a frame must be [2, H, W]", title)
+    vdim, _ = _flow_dims(quantity)
+    cmap = SEQUENTIAL if quantity == "speed" else DIVERGING
+    return _flow_image(frame, quantity, title, vdim, cmap,
+                       _limits(quantity, _quantity(frame, quantity)), arrows)
 
 
 def _flow_dims(quantity: str) -> tuple[hv.Dimension, hv.Dimension]:

@@ -35,13 +35,17 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
                   procs: int = 1, extra: list[str] | None = None,
                   unused_session_ms: int = UNUSED_SESSION_MS) -> list[str]:
     """The ``panel serve`` command line for ``address:port``."""
+    from dashboard.state import UPLOAD_LIMIT_MB
+
     origins = [origin or f"{'127.0.0.1' if address in ('0.0.0.0', '::') else address}:{port}"]
     if address in ("127.0.0.1", "localhost"):
         origins.append(f"localhost:{port}")
     cmd = [sys.executable, "-m", "panel", "serve", str(APP), "--address", address,
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(min(CHECK_SESSIONS_MS, unused_session_ms)),
-           "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS)]
+           "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS),
+           # uploads arrive in chunks; no websocket message may exceed the upload limit
+           "--websocket-max-message-size", str(UPLOAD_LIMIT_MB * 2 ** 20)]
     for o in origins:
         cmd += ["--allow-websocket-origin", o]
     return cmd + list(extra or [])

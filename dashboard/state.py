@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -27,7 +28,7 @@ from pathlib import Path
 import param
 
 from core.errors import SpecError
-from core.datasets import dataset_grid
+from core.datasets import dataset_grid, save_dataset
 from core.discovery import Discovery, DiscoveryError, DiscoveryStore, launch
 from core.models import build_model, models_for_group
 from core.runs import PROJECT_ROOT, RunError, RunStore
@@ -41,6 +42,33 @@ STRICT_OF = {"rgroup": "gconv", "rsteer": "steer", "rpp": "gconv", "lift": "gcon
 
 
 LISTING_TTL_S = 1.0  # how stale a shared listing may be (the app polls once a second)
+# the largest upload the dashboard accepts (REE_UPLOAD_MB, default 512); the browser refuses a
+# larger file before sending it, and dashboard.serve sets panel's websocket limit to match
+UPLOAD_LIMIT_MB = int(os.environ.get("REE_UPLOAD_MB", "512"))
+UPLOADS = ".uploads"  # hidden folder of the data root where uploads wait for their preview
+
+
+def release_memory() -> None:
+    """Collect garbage and return freed heap pages to the system (glibc), so a server's memory
+    falls back after a class closes its sessions."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def safe_name(name: str, suffix: str = "") -> str:
+    """A file name with only letters, digits, '.', '_' and '-' (others become '_'), no leading
+    dot and no folders, at most 100 characters; ``suffix`` is added when missing."""
+    base = Path(str(name).replace("\\", "/")).name
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", base).lstrip(".") or "upload"
+    if suffix and not base.lower().endswith(suffix):
+        base = f"{base.rsplit('.', 1)[0] if '.' in base else base}{suffix}"
+    return base[-100:].lstrip(".") or f"upload{suffix}"
 
 
 @dataclass(frozen=True)
@@ -176,6 +204,60 @@ class Services:
                 record["error"] = lines[-1] if lines else f"generation exited with code {code}"
 
         threading.Thread(target=follow, daemon=True, name=f"generate-{name}").start()
+
+    @property
+    def uploads(self) -> Path:
+        """Hidden folder of the data root where uploads wait for their preview."""
+        return self.data_root / UPLOADS
+
+    def stage_upload(self, files: dict[str, Path]) -> Path:
+        """What to read from uploaded files (name -> a finished file in :attr:`uploads`): the
+        file itself, or a folder of them when several .pt files came together. Files must lie
+        in the uploads folder; names are sanitised."""
+        if not files:
+            raise ValueError("no file was uploaded")
+        paths = [Path(p).resolve() for p in files.values()]
+        outside = [p for p in paths if p.parent != self.uploads.resolve()]
+        if outside:
+            raise ValueError(f"{outside[0].name} is not an upload")
+        too_big = [p.name for p in paths if p.stat().st_size > UPLOAD_LIMIT_MB * 2 ** 20]
+        if too_big:
+            raise ValueError(f"{too_big[0]} is larger than the upload limit of "
+                             f"{UPLOAD_LIMIT_MB} MB (REE_UPLOAD_MB)")
+        if len(paths) == 1:
+            return paths[0]
+        if not all(p.name.lower().endswith(".pt") for p in paths):
+            raise ValueError("several files at once must all be .pt tensors (one per sim)")
+        target = self.uploads / safe_name(paths[0].stem + "-folder")
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        for p in paths:
+            os.link(p, target / p.name)
+        return target
+
+    def discard_upload(self, staged: Path) -> None:
+        """Remove a staged upload (file or folder) once it is saved; only inside the uploads
+        folder."""
+        staged = Path(staged).resolve()
+        if staged.parent != self.uploads.resolve():
+            return
+        if staged.is_dir():
+            for part in staged.iterdir():
+                (self.uploads / part.name).unlink(missing_ok=True)  # the uploads linked here
+            shutil.rmtree(staged, ignore_errors=True)
+        else:
+            staged.unlink(missing_ok=True)
+
+    def save_imported(self, ds, name: str, overwrite: bool = False) -> str:
+        """Save an imported dataset into the data root under ``name`` (sanitised, ``.nc``),
+        atomically; an existing file is replaced only with ``overwrite``. Returns the name."""
+        name = safe_name(name, ".nc")
+        path = self.dataset_path(name)
+        if path.exists() and not overwrite:
+            raise ValueError(f"{name} exists in the data folder: tick 'Replace' to overwrite it")
+        save_dataset(ds, path)
+        self.invalidate()
+        return name
 
     # -- runs
     def catalog(self) -> list[dict]:

@@ -9,6 +9,7 @@ their tab is shown, and update in batches under ``pn.io.hold``.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 from collections import OrderedDict
 from functools import lru_cache
 
@@ -19,12 +20,15 @@ import panel as pn
 import param
 import xarray as xr
 
+from core.datasets import DatasetError, summary
 from core.errors import SpecError
 from core.evaluation import cached_dataset_attrs, cached_metrics, evaluation
+from core.importers import crop_square, file_names, read_flow
 from core.runs import RunError
 
 from . import plots
-from .state import STRICT_OF, ExperimentState
+from .state import STRICT_OF, UPLOAD_LIMIT_MB, ExperimentState, safe_name
+from .upload import StreamingDropper
 
 EXPLANATION = """
 **What you are looking at.** A relaxed layer mixes its filter banks with weights that may differ
@@ -134,6 +138,7 @@ class ExperimentPanel(pn.viewable.Viewer):
             self.train_button, self.status,
             _folded("Generate a dataset", lambda: [self.scenario, self.breaking, self.new_name,
                                                    self.generate_button, self.generation]),
+            _folded("Bring your own data", lambda: [ImportPanel(state)]),
             sizing_mode="stretch_width")
 
     def _sync_banks(self, *_):
@@ -178,6 +183,148 @@ class ExperimentPanel(pn.viewable.Viewer):
 
     def __panel__(self):
         return self._layout
+
+
+MAPPED_ROLES = ("u", "v", "velocity", "component", "sim", "time", "y", "x")
+
+
+class ImportPanel(pn.viewable.Viewer):
+    """Bring your own flow: drop a file, map its names if needed, preview, save.
+
+    The file is staged in the data root's hidden ``.uploads`` folder and read by
+    :func:`core.importers.read_flow`; nothing enters the data folder before Save, which writes
+    atomically and replaces an existing dataset only when asked."""
+
+    def __init__(self, state: ExperimentState, **params):
+        super().__init__(**params)
+        self.state = state
+        # no accepted_filetypes: browsers give .nc/.npy/.pt files no MIME type the dropper
+        # knows, so it would refuse them; read_flow names the formats it takes instead
+        self.dropper = StreamingDropper(
+            folder=state.services.uploads, multiple=True, max_file_size=f"{UPLOAD_LIMIT_MB}MB",
+            chunk_size=min(10_000_000, UPLOAD_LIMIT_MB * 2 ** 19),  # below the websocket limit
+            sizing_mode="stretch_width", name="Drop a file (or several .pt)")
+        self.dropper.param.watch(self._dropped, "value")
+        self.roles = {r: pn.widgets.Select(name=r, options=[""], width=140) for r in MAPPED_ROLES}
+        self.map_button = pn.widgets.Button(name="Read with these names")
+        self.map_button.on_click(self._read)
+        self.mapping = pn.Column(
+            pn.pane.Markdown("Which variable or dimension is which? (leave empty: not present)"),
+            pn.GridBox(*self.roles.values(), ncols=2), self.map_button, visible=False)
+        self.crop = pn.widgets.Checkbox(name="Centred square crop (rotation symmetry of the data "
+                                             "needs a square grid)")
+        self.crop.param.watch(self._read, "value")
+        self.save_name = pn.widgets.TextInput(name="Save as", value="")
+        self.overwrite = pn.widgets.Checkbox(name="Replace an existing dataset of that name")
+        self.save_button = pn.widgets.Button(name="Save to the data folder", disabled=True,
+                                             button_type="primary")
+        self.save_button.on_click(self._save)
+        self.info = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.preview = pn.Column(sizing_mode="stretch_width")  # a new plot per file read
+        self._staged = None
+        self._ds = None
+        self._layout = pn.Column(
+            pn.pane.Markdown(f"netCDF/HDF5, .npy/.npz, .zip or .pt files up to "
+                             f"{UPLOAD_LIMIT_MB} MB."),
+            self.dropper, self.mapping, self.crop, self.info, self.preview, self.save_name,
+            self.overwrite, self.save_button, sizing_mode="stretch_width")
+
+    def _dropped(self, event):
+        files, new = dict(event.new or {}), set(event.new or {}) - set(event.old or {})
+        if not new:  # a file removed from the list
+            return
+        if not all(n.lower().endswith(".pt") for n in new):  # read the file just dropped;
+            files = {n: files[n] for n in new}  # .pt files read together, one sim each
+        elif not all(n.lower().endswith(".pt") for n in files):
+            files = {n: p for n, p in files.items() if n.lower().endswith(".pt")}
+        self._ds = None
+        self.save_button.disabled = True
+        try:
+            self._staged = self.state.services.stage_upload(files)
+        except (ValueError, OSError) as err:
+            self._fail(str(err))
+            return
+        self.save_name.value = safe_name(Path(self._staged.name).stem.removesuffix("-folder"),
+                                         ".nc")
+        self._inspect()
+
+    def _inspect(self):
+        try:
+            names = file_names(self._staged)
+        except DatasetError:  # unreadable: _read says why
+            names = dict(variables=[], dimensions=[])
+        options = [""] + names["variables"] + names["dimensions"]
+        for widget in self.roles.values():
+            widget.options, widget.value = options, ""
+        self.mapping.visible = False
+        self._read()
+
+    def _mapping(self) -> dict:
+        return {r: w.value for r, w in self.roles.items() if w.value} if self.mapping.visible \
+            else {}
+
+    def _read(self, *_):
+        if self._staged is None:
+            return
+        try:
+            ds = read_flow(self._staged, self._mapping())
+            if self.crop.value:
+                ds = crop_square(ds)
+        except DatasetError as err:
+            self.mapping.visible = self.mapping.visible or "--map" in str(err)
+            self._fail(str(err).replace(str(self._staged.parent) + "/", ""))
+            return
+        self._ds = ds
+        self.info.object = _upload_summary(ds)
+        self.preview.objects = [pn.pane.HoloViews(
+            plots.flow_preview(ds["velocity"].values[0, ds.sizes["time"] // 2],
+                               "speed, sim 0, middle frame"),
+            sizing_mode="stretch_width", height=280)]
+        self.save_button.disabled = False
+
+    def _fail(self, text: str) -> None:
+        self._ds = None
+        self.save_button.disabled = True
+        self.preview.objects = []
+        self.info.object = f"**Not imported:** {text}"
+        _notify("error", f"Not imported: {text}")
+
+    def _save(self, _event=None):
+        if self._ds is None:
+            return
+        try:
+            name = self.state.services.save_imported(self._ds, self.save_name.value,
+                                                     overwrite=self.overwrite.value)
+        except (ValueError, DatasetError, OSError) as err:
+            self.info.object = f"**Not saved:** {err}"
+            _notify("error", f"Not saved: {err}")
+            return
+        self.state.services.discard_upload(self._staged)
+        self._staged = None
+        self.state.refresh_datasets()
+        self.state.dataset = name
+        self.info.object = f"Saved `{name}`: it is now the chosen dataset."
+        _notify("success", f"Dataset {name} saved")
+
+    def __panel__(self):
+        return self._layout
+
+
+def _upload_summary(ds) -> str:
+    info = summary(ds)
+    dims = info["dims"]
+    square = dims["y"] == dims["x"]
+    dee = info["data_equivariance_error"]
+    symmetric = (f"{dee['group']} {dee['mean']:.3f} (0 = exactly symmetric)" if dee else
+                 "n/a: the file declares no orbits (sims that are images of each other)")
+    groups = "translation, C_n, D_n (square grid)" if square else \
+        "translation; C_n/D_n need a square grid (tick the crop)"
+    return "\n".join([
+        f"**{dims['sim']} sims x {dims['time']} steps on {dims['y']} x {dims['x']}** "
+        f"(H x W); {ds.attrs.get('split_note', '')}.",
+        f"- max |divergence| {info['max_divergence']:.2e}, max speed {info['max_speed']:.3g}",
+        f"- data equivariance error: {symmetric}",
+        f"- symmetries of the data a discovery can test: {groups}"])
 
 
 class JobsView(pn.viewable.Viewer):

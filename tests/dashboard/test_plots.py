@@ -395,3 +395,13 @@ def test_discovery_plots_explain_missing_evidence():
     for fn in (plots.discovery_gains, plots.discovery_maps, plots.boundary_profile,
                plots.discovery_weights):
         assert isinstance(fn(xr.Dataset()), hv.Text)
+
+
+def test_flow_preview_draws_one_frame_with_arrows_or_says_why_not():
+    frame = np.zeros((2, 6, 9))
+    frame[1, 2:4, 3:5] = 1.0  # an updraught
+    overlay = plots.flow_preview(frame, "upload")
+    image, arrows = overlay.get(0), overlay.get(1)
+    assert isinstance(image, hv.Image) and isinstance(arrows, hv.VectorField)
+    assert image.dimension_values(2).max() == pytest.approx(1.0)  # speed of the updraught
+    assert isinstance(plots.flow_preview(np.zeros((3, 4, 4))), hv.Text)

@@ -124,3 +124,57 @@ def test_discovery_tab_shows_the_shipped_verdict_and_runs_a_cancellable_job(page
     page.locator("button:not([disabled])", has_text="Cancel").first.click()
     _wait_text(page, r"\(cancelled, runs\)", timeout=90)
     assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_drop_a_flow_map_its_names_save_and_choose_it(page, tmp_path):
+    """Bring your own data: a netCDF whose names need mapping is dropped on the page."""
+    import base64
+
+    import numpy as np
+    import xarray as xr
+
+    flow = np.random.default_rng(3).standard_normal((3, 40, 2, 12, 20)).astype("float32")
+    path = tmp_path / "odd.nc"
+    xr.Dataset({"east": (("run", "frame", "a", "b"), flow[:, :, 0]),
+                "north": (("run", "frame", "a", "b"), flow[:, :, 1])}).to_netcdf(
+        path, engine="h5netcdf")
+    page.get_by_text("Bring your own data").click()
+    page.wait_for_selector(".filepond--root", timeout=30000)
+    # a real drag and drop: dragenter, dragover and drop with the file in a DataTransfer
+    transfer = page.evaluate_handle(
+        """([name, data]) => {
+               const bytes = Uint8Array.from(atob(data), c => c.charCodeAt(0));
+               const dt = new DataTransfer();
+               dt.items.add(new File([bytes], name));
+               return dt;
+           }""", ["odd.nc", base64.b64encode(path.read_bytes()).decode()])
+    target = page.locator(".filepond--drop-label").first
+    box = target.bounding_box()
+    at = dict(clientX=box["x"] + box["width"] / 2, clientY=box["y"] + box["height"] / 2)
+    for kind in ("dragenter", "dragover", "drop"):
+        target.dispatch_event(kind, {"dataTransfer": transfer, **at})
+        time.sleep(0.2)
+    roles = page.locator("select").filter(has=page.locator("option", has_text="north"))
+    deadline = time.time() + 60
+    while roles.count() < 8:  # the mapping step: one select per role, offering the file's names
+        assert time.time() < deadline, "the mapping step did not appear"
+        time.sleep(0.5)
+    for i, name in enumerate(["east", "north", "", "", "run", "frame", "a", "b"]):
+        if name:
+            roles.nth(i).select_option(name)
+            time.sleep(0.3)
+    page.get_by_role("button", name="Read with these names").click()
+    _wait_text(page, r"3 sims x 40 steps on 12 x 20", timeout=60)
+    # the preview frame (the Runs tab has no plot)
+    page.wait_for_selector("canvas", state="attached", timeout=30000)
+    assert any((c.bounding_box() or {}).get("width", 0) > 50 for c in page.locator("canvas").all())
+    name = page.locator(".bk-input-group", has_text="Save as").locator("input")
+    assert name.input_value() == "odd.nc"  # proposed from the uploaded file's name
+    name.fill("dropped.nc")
+    name.press("Enter")
+    time.sleep(0.5)
+    page.get_by_role("button", name="Save to the data folder").click()
+    _wait_text(page, r"Saved dropped\.nc", timeout=60)
+    choice = page.locator("select").filter(has=page.locator("option", has_text="dropped.nc"))
+    assert choice.first.input_value() == "dropped.nc"
+    assert page.console_errors == [], "\n".join(page.console_errors)
