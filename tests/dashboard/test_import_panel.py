@@ -101,3 +101,13 @@ def test_bad_uploads_give_one_message_and_keep_existing_data(services):
     staged = list(services.uploads.iterdir())
     assert staged and not (services.uploads / "mine.npy").exists()  # a saved upload is removed
     assert services.datasets() == ["mine.nc"]  # staged uploads are not datasets
+
+
+def test_the_upload_limit_refuses_a_larger_file(services, monkeypatch):
+    import dashboard.state
+
+    monkeypatch.setattr(dashboard.state, "UPLOAD_LIMIT_MB", 1)
+    panel = ImportPanel(ExperimentState(services))
+    _drop(panel, {"big.npy": b"\0" * (2 ** 20 + 1)})
+    assert "larger than the upload limit of 1 MB" in panel.info.object
+    assert panel.save_button.disabled
