@@ -21,8 +21,12 @@ class StreamingDropper(pn.widgets.FileDropper):
     ``folder``, each complete (renamed into place after its last chunk)."""
 
     folder = param.Parameter(default=None, doc="staging folder (a Path) for finished uploads")
+    max_bytes = param.Integer(default=None, allow_None=True,
+                              doc="refuse a file once it grows past this many bytes (the browser "
+                                  "checks max_file_size first; this holds against any client)")
+    refused = param.String(default="", doc="the last file refused for its size")
 
-    _rename = {"value": None, "folder": None}
+    _rename = {"value": None, "folder": None, "max_bytes": None, "refused": None}
 
     def _process_event(self, event):
         data = event.data
@@ -35,8 +39,15 @@ class StreamingDropper(pn.widgets.FileDropper):
         folder.mkdir(parents=True, exist_ok=True)
         final = folder / safe_name(name)
         part = final.with_name(f".{final.name}.part")
+        if data["chunk"] != 1 and not part.exists():
+            return  # a file already refused: its remaining chunks are dropped
         with open(part, "wb" if data["chunk"] == 1 else "ab") as f:
             f.write(data["data"])
+            size = f.tell()
+        if self.max_bytes is not None and size > self.max_bytes:
+            part.unlink(missing_ok=True)
+            self.refused = name
+            return
         if data["chunk"] != data["total_chunks"]:
             return
         os.replace(part, final)

@@ -203,8 +203,12 @@ class ImportPanel(pn.viewable.Viewer):
         self.dropper = StreamingDropper(
             folder=state.services.uploads, multiple=True, max_file_size=f"{UPLOAD_LIMIT_MB}MB",
             chunk_size=min(10_000_000, UPLOAD_LIMIT_MB * 2 ** 19),  # below the websocket limit
-            sizing_mode="stretch_width", name="Drop a file (or several .pt)")
+            max_bytes=UPLOAD_LIMIT_MB * 2 ** 20, sizing_mode="stretch_width",
+            name="Drop a file (or several .pt)")
         self.dropper.param.watch(self._dropped, "value")
+        self.dropper.param.watch(lambda e: e.new and self._fail(
+            f"{e.new} is larger than the upload limit of {UPLOAD_LIMIT_MB} MB (REE_UPLOAD_MB)"),
+            "refused")
         self.roles = {r: pn.widgets.Select(name=r, options=[""], width=140) for r in MAPPED_ROLES}
         self.map_button = pn.widgets.Button(name="Read with these names")
         self.map_button.on_click(self._read)

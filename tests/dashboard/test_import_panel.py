@@ -111,3 +111,26 @@ def test_the_upload_limit_refuses_a_larger_file(services, monkeypatch):
     _drop(panel, {"big.npy": b"\0" * (2 ** 20 + 1)})
     assert "larger than the upload limit of 1 MB" in panel.info.object
     assert panel.save_button.disabled
+
+
+def test_the_dropper_stops_writing_a_file_past_the_limit(services, tmp_path):
+    """Chunks as the browser sends them (upload events of the real widget's protocol)."""
+    from types import SimpleNamespace
+
+    panel = ImportPanel(ExperimentState(services))
+    dropper = panel.dropper
+    dropper.max_bytes = 10
+
+    def chunk(name, i, total, data):
+        dropper._process_event(SimpleNamespace(event_name="upload_event", data=dict(
+            name=name, chunk=i, total_chunks=total, data=data, type="")))
+
+    chunk("ok.npy", 1, 2, b"12345")
+    chunk("ok.npy", 2, 2, b"678")
+    assert (services.uploads / "ok.npy").read_bytes() == b"12345678"
+    assert dropper.value["ok.npy"] == services.uploads / "ok.npy"
+    chunk("big.npy", 1, 3, b"123456")
+    chunk("big.npy", 2, 3, b"7890123")  # past 10 bytes: refused, nothing kept
+    chunk("big.npy", 3, 3, b"4")
+    assert "big.npy" not in dropper.value and not list(services.uploads.glob("*big*"))
+    assert "larger than the upload limit" in panel.info.object
