@@ -48,19 +48,6 @@ UPLOAD_LIMIT_MB = int(os.environ.get("REE_UPLOAD_MB", "512"))
 UPLOADS = ".uploads"  # hidden folder of the data root where uploads wait for their preview
 
 
-def release_memory() -> None:
-    """Collect garbage and return freed heap pages to the system (glibc), so a server's memory
-    falls back after a class closes its sessions."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def safe_name(name: str, suffix: str = "") -> str:
     """A file name with only letters, digits, '.', '_' and '-' (others become '_'), no leading
     dot and no folders, at most 100 characters; ``suffix`` is added when missing."""
