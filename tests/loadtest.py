@@ -216,6 +216,11 @@ async def _latency(session: Session, moves: int) -> list[float]:
     out = []
     for _ in range(moves):
         box = await slider.bounding_box()
+        if box is None:  # the player is being redrawn (a finished job refreshes the tab)
+            await slider.wait_for(state="visible", timeout=session.timeout * 1000)
+            box = await slider.bounding_box()
+            if box is None:
+                continue
         await page.evaluate("() => { window.__lat.t0 = null; window.__lat.t1 = null; }")
         low, high, value = await slider.evaluate(
             "el => [Number(el.min), Number(el.max), Number(el.value)]")
