@@ -5,10 +5,13 @@ it has no side effects. ``dashboard.ExplorerApp()`` shows the same app inline in
 """
 from __future__ import annotations
 
+from functools import partial
+
 import holoviews as hv
 import panel as pn
 
 from dashboard.state import ExperimentState, Services
+from dashboard.ticker import Ticker
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, ExperimentPanel,
                              JobsView, RolloutView, RunsCatalog, SweepView)
 
@@ -45,7 +48,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.tabs.param.watch(self._show_tab, "active")
         self.state.param.watch(self._focus, "focus")
         self._seen = None  # the version of the shared listing shown last
-        self._callback = None
+        self._stop = None  # ends the refreshing started by start()
         self._show_tab()
         self.refresh()
 
@@ -76,17 +79,25 @@ class ExplorerApp(pn.viewable.Viewer):
             self.discovery.poll()
 
     def start(self) -> None:
-        if self._callback is None:
-            self._callback = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS)
-            if pn.state.curdoc is not None and pn.state.served:
-                pn.state.on_session_destroyed(self._closed)
+        """Keep the views current: a served session joins the process's one :class:`Ticker`;
+        elsewhere (a notebook) the app polls with its own periodic callback."""
+        if self._stop is not None:
+            return
+        doc = pn.state.curdoc
+        if doc is not None and pn.state.served and doc.session_context is not None:
+            ticker = Ticker.get(self.state.services, REFRESH_MS)
+            ticker.add(doc, self.refresh)
+            # bound now: under panel serve this module's globals are gone when a session closes
+            self._stop = partial(ticker.remove, doc)
+            pn.state.on_session_destroyed(self._closed)
+        else:
+            self._stop = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS).stop
 
     def _closed(self, _context) -> None:
-        """Stop polling. (No forced garbage collection here: measured at N = 20, a gc.collect and
-        malloc_trim per closed session gave the other sessions' pages 'reference isn't known'
-        errors and did not lower the server's memory after close; BENCHMARKS.md.)"""
-        if self._callback is not None:
-            self._callback.stop()
+        """Stop refreshing. (No forced garbage collection here: measured at N = 20, a gc.collect
+        and malloc_trim per closed session gave the other sessions' pages 'reference isn't
+        known' errors and did not lower the server's memory after close; BENCHMARKS.md.)"""
+        self._stop()
 
     def template(self) -> pn.template.BootstrapTemplate:
         # Bootstrap: all resources are served locally (the Fast design fetches web fonts)

@@ -23,7 +23,7 @@ import xarray as xr
 from core.datasets import DatasetError, summary
 from core.errors import SpecError
 from core.evaluation import cached_dataset_attrs, cached_metrics, evaluation
-from core.importers import crop_square, file_names, read_flow
+from core.importers import ROLES, crop_square, file_names, read_flow
 from core.runs import RunError
 
 from . import plots
@@ -185,9 +185,6 @@ class ExperimentPanel(pn.viewable.Viewer):
         return self._layout
 
 
-MAPPED_ROLES = ("u", "v", "velocity", "component", "sim", "time", "y", "x")
-
-
 class ImportPanel(pn.viewable.Viewer):
     """Bring your own flow: drop a file, map its names if needed, preview, save.
 
@@ -209,7 +206,7 @@ class ImportPanel(pn.viewable.Viewer):
         self.dropper.param.watch(lambda e: e.new and self._fail(
             f"{e.new} is larger than the upload limit of {UPLOAD_LIMIT_MB} MB (REE_UPLOAD_MB)"),
             "refused")
-        self.roles = {r: pn.widgets.Select(name=r, options=[""], width=140) for r in MAPPED_ROLES}
+        self.roles = {r: pn.widgets.Select(name=r, options=[""], width=140) for r in ROLES}
         self.map_button = pn.widgets.Button(name="Read with these names")
         self.map_button.on_click(self._read)
         self.mapping = pn.Column(
