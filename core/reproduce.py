@@ -437,7 +437,11 @@ F 10, k 1: +1.7 %; F 1, k 4: -0.5 %; F 2, k 4: -1.8 %; F 1, k 8: -1.7 %; F 3, k 
 These CNNs beat persistence by only 4-31 %: most of the change comes from the smoke, which the
 data does not hold, so a velocity-only model at 32x32 with 14 simulations cannot use where the
 buoyancy is, and there is nothing reliable for the relaxed weights to learn; seed 0's x = 16
-follows the four plumes that straddle the centre. What could change it (a smoke channel, many
+follows the four plumes that straddle the centre. A paired score test (the strict model's
+gradient on the relaxed weights, data minus twin at the same model, 60 batches, best single step
+per layer and bank) put x at 15, 16 and 15 for three seeds at the centre boundary, but a step
+along y at 24-26 (under the lid, where the smoke pools) explained more in every seed, and the
+same test put boundaries at x = 10 and 22 at x = 20 and 15. What could change it (a smoke channel, many
 more simulations, finer grids) is outside the 10-minute CPU budget and the data the issue fixes."""
 
 
