@@ -79,7 +79,7 @@ class Ticker:
                 continue
             # as Panel runs a session's own periodic callback: on the server's thread pool when
             # it has one (the event loop stays free for the pages' events), else on the loop.
-            # (Spreading the sessions over the period was tried: at N = 20 it gave 7 console
-            # errors and a slower tour, one run against one; BENCHMARKS.md.)
+            # (Spreading the sessions over the period was tried: its N = 20 run gave 7 console
+            # errors where this gave none in two; BENCHMARKS.md.)
             with set_curdoc(doc):
                 pn.state.execute(refresh, schedule="thread" if pn.config.nthreads else True)

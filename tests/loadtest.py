@@ -137,21 +137,25 @@ class Session:
 
     def __init__(self, browser, url: str, timeout: float):
         self.browser, self.url, self.timeout = browser, url, timeout
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # "[stage] message": which stage of the test saw it
+        self.stage = "open"
         self.outside: list[str] = []
         self.times: dict[str, float] = {}
 
     async def open(self) -> None:
         self.context = await self.browser.new_context(viewport={"width": 1500, "height": 1000})
         self.page = page = await self.context.new_page()
-        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
-        page.on("pageerror", lambda e: self.errors.append(str(e)))
-        page.on("requestfailed", lambda r: self.errors.append(f"request failed: {r.url}"))
+        page.on("console", lambda m: m.type == "error" and self._error(m.text))
+        page.on("pageerror", lambda e: self._error(str(e)))
+        page.on("requestfailed", lambda r: self._error(f"request failed: {r.url}"))
         page.on("request", self._request)
         start = time.perf_counter()
         await page.goto(self.url, timeout=self.timeout * 1000)
         await self._ready("Runs")
         self.times["first screen"] = time.perf_counter() - start
+
+    def _error(self, text: str) -> None:
+        self.errors.append(f"[{self.stage}] {text}")
 
     def _request(self, request) -> None:
         url = urlparse(request.url)
@@ -169,12 +173,15 @@ class Session:
     async def tour(self) -> None:
         await self.page.evaluate(VISIBLE_CANVASES)
         for tab in TOUR:
+            self.stage = f"tour: {tab}"
             start = time.perf_counter()
             await self.page.get_by_text(tab, exact=True).first.click(timeout=self.timeout * 1000)
             await self._ready(tab)
             self.times[tab] = time.perf_counter() - start
+        self.stage = "toured"  # idle, or watching the other sessions train
 
     async def close(self) -> None:
+        self.stage = "close"
         await self.context.close()
 
 
@@ -208,6 +215,7 @@ LATENCY_PROBE = """() => {
 async def _latency(session: Session, moves: int) -> list[float]:
     """Slider moves by mouse on the rollout player while a training job runs (ms each)."""
     page = session.page
+    session.stage = "latency"
     await page.get_by_text("Rollout", exact=True).first.click()
     await session._ready("Rollout")
     slider = page.locator("input[type=range]").first
@@ -247,6 +255,7 @@ async def _latency(session: Session, moves: int) -> list[float]:
 
 async def _train(session: Session) -> None:
     page = session.page
+    session.stage = "train"
     await page.get_by_role("button", name="Train", exact=True).click()
     await page.get_by_text(re.compile(r"Submitted \S+")).first.wait_for(
         timeout=session.timeout * 1000)
