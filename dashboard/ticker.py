@@ -3,10 +3,10 @@
 Each served session used to poll with its own ``pn.state.add_periodic_callback``: about 10 ms of
 server CPU per session per second with nothing to show (measured with six idle sessions: 0.2 s
 of CPU every second at twenty), and every tick toggled the page's busy indicator. Here one
-Tornado timer per process takes the
-shared listing (:meth:`dashboard.state.Services.snapshot`, in a worker thread: it reads the run
-folders) and, only when its version moved, schedules each session's refresh on that session's
-own document, as Panel runs a session's own periodic callback.
+Tornado timer per process takes the shared listing (:meth:`dashboard.state.Services.snapshot`,
+in a worker thread: it reads the run folders) and, only when its version moved, schedules each
+session's refresh on that session's own document, as Panel runs a session's own periodic
+callback.
 
 Notebooks have no server loop of ours: :class:`dashboard.app.ExplorerApp` keeps a per-session
 periodic callback there.
@@ -48,9 +48,6 @@ class Ticker:
             if cls._instance is None:
                 cls._instance = cls(services, period_ms)
             return cls._instance
-
-    def __len__(self) -> int:
-        return len(self._sessions)
 
     def add(self, doc, refresh: Callable[[], None]) -> None:
         self._sessions[id(doc)] = (doc, refresh)
