@@ -441,8 +441,9 @@ follows the four plumes that straddle the centre. A paired score test (the stric
 gradient on the relaxed weights, data minus twin at the same model, 60 batches, best single step
 per layer and bank) put x at 15, 16 and 15 for three seeds at the centre boundary, but a step
 along y at 24-26 (under the lid, where the smoke pools) explained more in every seed, and the
-same test put boundaries at x = 10 and 22 at x = 20 and 15. What could change it (a smoke channel, many
-more simulations, finer grids) is outside the 10-minute CPU budget and the data the issue fixes."""
+same test put boundaries at x = 10 and 22 at x = 20 and 15. What could change it (a smoke
+channel, many more simulations, finer grids) is outside the 10-minute CPU budget and the data
+the issue fixes."""
 
 
 DIFFERENCES = """\
