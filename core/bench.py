@@ -442,10 +442,11 @@ DISCOVERY_CASES = {  # name -> (scenario, grid, steps, sims, breaking, group)
     "rotation-32": ("rotation", 32, 120, 16, 4.0, "C4"),
     "translation-32": ("translation", 32, 120, 14, 1.0, "translation"),
     "rotation-64": ("rotation", 64, 310, 36, 1.0, "C4"),
+    "translation-64": ("translation", 64, 310, 35, 1.0, "translation"),
 }
 
 
-def discovery_benchmark(cases=("rotation-32", "translation-32", "rotation-64"), seeds: int = 3,
+def discovery_benchmark(cases=tuple(DISCOVERY_CASES), seeds: int = 3,
                         device: str = "cpu", progress: Callable[[str], None] | None = None) -> dict:
     """Wall time and peak memory (the driver and its worker processes together, sampled every
     0.2 s) of whole ``discover`` calls, default protocol, on freshly simulated data."""

@@ -1,8 +1,9 @@
 """Discovery: does a dataset break a symmetry, where, and how sure can we be?
 
 ``discover(data, group)`` trains relaxed models on the data and on a symmetric *null* through the
-job system, reads what the relaxed weights learned, and returns a verdict with its evidence as an
-``xarray.Dataset`` (``verdict_json`` gives the JSON of ``python -m core discover --json``).
+job system, reads what the relaxed weights learned (for translation: would learn), and returns a
+verdict with its evidence as an ``xarray.Dataset`` (``verdict_json`` gives the JSON of
+``python -m core discover --json``).
 
 The null
 --------
@@ -14,10 +15,15 @@ Every discovery compares the data with a null that differs from it only by the s
   replaced by its orbit element applied to the orbit's base member (``orbit_element`` 0), which
   is exactly symmetric data with the same inputs (for our simulated plumes it is exactly what the
   simulator gives for the set-up without the breaking: rotated siblings are bit-identical).
-* translation, no control: **the symmetric twin**: the recorded set-up (inflows) re-simulated
-  with the buoyancy map replaced by its mean, so the walls, inflows and mean buoyancy stay and
-  only the spatial variation goes. Data without a recorded set-up (imported) needs a control:
-  walls break translation symmetry too, so no translation null can be built from data alone.
+* translation, no control: **the counterfactual null** (:func:`counterfactual_null`): the
+  recorded set-up re-simulated, every step taken a second time from the data's own state (smoke
+  and velocity) with the buoyancy map replaced by its mean. The null's target for a window is
+  what the symmetric rule gives from the very state the data's target came from: same inputs,
+  only the rule differs. (A re-simulated *symmetric twin* drifts away from the data within tens
+  of steps, and what the drift changes swamps what the buoyancy map does; measured in
+  docs/RESULTS.md.) Data without a recorded set-up (imported), or one the solver does not
+  reproduce bit for bit, needs a control: walls break translation symmetry too, so no
+  translation null can be built from the data alone.
 
 Protocols (the mechanism, measured in docs/RESULTS.md)
 ------------------------------------------------------
@@ -40,15 +46,20 @@ trained weights (the training is equivariant) and hence the member positions the
 so the named direction turns with the data. Directions come from the members' recorded inflow
 positions, in the data's own frame (angle counter-clockwise from +x about the box centre).
 
-*Translation*, per seed: ``rgroup`` (relaxed translation conv, per-pixel bank weights) trained
-jointly with the total-variation penalty ``alpha * R`` and a relaxed-weight learning rate 30x the
-shared one, on the data and on the null with the same seed and batch order. The evidence is the
-difference of the weight maps (data minus null), which cancels the walls and the inflow layout.
-The boundary is where that difference jumps most: per layer, bank and seed the profile along an
-axis (mean over the other axis, ``margin`` cells from the walls dropped) is differenced, scaled
-to a robust z-score (median / MAD), and the squared z-scores are averaged; the largest value over
-both axes names the axis and the position (between cells ``p - 1`` and ``p``, in cells from the
-lower-left corner).
+*Translation*, per seed: the strict model, ``rgroup`` with its per-pixel relaxed weights held
+equal (``train_params="shared"``), trained on the data's one-step targets. The readout is where
+the weights would learn (:func:`relaxed_scores`): per *unit* (one simulation during 10 start
+times) the gradient of the one-step MSE with respect to every per-pixel weight, with the data's
+targets and with the null's on the same inputs. Per pixel, the units give a t of data minus
+null; walls, inflows and plumes push both alike and cancel (units in standard errors, so where
+the plumes are does not weigh more). The boundary is the single step that best explains that
+t map: per seed, layer and bank the profile along an axis (mean over the other, ``margin`` cells
+from the walls dropped) is split at every position and the two sides compared by a two-sample
+t; the squares are averaged (:func:`step_scan`); the largest over both axes names the axis and
+the position (between cells ``p - 1`` and ``p``, in cells from the lower-left corner). Trained
+relaxed weights (the data's minus the null's, same seed and batches) show the same sign pattern
+but the step fit on them lands 1-4 cells towards the centre (the maps are smoother and noisier)
+(docs/RESULTS.md).
 
 Significance
 ------------
@@ -64,21 +75,19 @@ Significance
   only: their weights stay equal to about 1e-6) and 1e-5 of the rollout MSE. The direction is
   the mean resultant's angle, named by the nearest member; the invariant subgroup is the
   stabilizer of that member (or of the two axes) in G, the whole group when not broken.
-* translation: **prominence**: the boundary statistic (all seeds together) at the strongest
-  candidate divided by the largest value more than 2 cells away from it or on the other axis:
-  how far one boundary stands out of the difference of the weight maps. Measured without a
-  boundary to find: 1.0-3.1 for most seeds, but 5.3 for symmetric data against a uniformly
-  stronger control (at the column holding most plumes) and 8.8 near a wall that plumes hit;
-  the centre boundary of the translation scenario reached 92 in the seed that found it. So:
-  ``broken`` when the prominence is at least 10 *and* at least half the seeds (rounded up) find
-  the same boundary (within 2 cells) with a prominence of at least 10 on their own.
-  ``seed_boundary`` lists each seed's.
+* translation: a **cross-fitted t**. The units are split in two halves (alternating); one half
+  picks the boundary and the sign of each seed's, layer's and bank's step there, the other half
+  measures the sign-aligned step per unit (each map in units of its spread over units), as a t
+  over its units (paired: data minus null on the same inputs; Welch with a control); then the
+  halves swap and the two t's are combined as ``(t1 + t2) / sqrt(2)``. Since the measuring half
+  did not choose the position it is about a standard normal when data and null do not differ
+  (tests: under 5 % of such draws reach 3); broken when it is at least 3 *and* at least half
+  the seeds (rounded up) put their own strongest step on the same axis within 2 cells.
+  Symmetric data gives exactly 0: its null is itself. ``seed_boundary`` lists each seed's.
 
-What it does not find (measured, docs/RESULTS.md): at 32x32 and these budgets a buoyancy jump is
-located when plumes straddle it (the translation scenario's boundary at the centre); boundaries
-between plume columns are not located, because a buoyancy change that no smoke crosses is mostly
-balanced by pressure and barely changes a next-step prediction (a model given the true buoyancy
-map gains 0-2 %).
+What it does not do: with a control dataset instead of the counterfactual null (imported data)
+the data and the null have different trajectories, and the readout is unpaired and much weaker
+(the translation scenario against its re-simulated twin: significance 1.8, not broken).
 """
 from __future__ import annotations
 
@@ -107,20 +116,22 @@ from .groups import Element, TranslationGroup, _PlanarGroup, get_group, transfor
 from .runs import RunStore
 
 __all__ = ["DiscoveryError", "Protocol", "PROTOCOLS", "Discovery", "DiscoveryStore", "discover",
-           "check_request", "verdict_json", "symmetric_twin", "symmetrized_orbits",
-           "member_gains", "boundary_scan", "launch", "request_cancel", "SIGNIFICANCE_METHODS",
-           "THRESHOLDS"]
+           "check_request", "verdict_json", "symmetric_twin", "counterfactual_null",
+           "symmetrized_orbits", "member_gains", "relaxed_scores", "step_scan", "launch",
+           "request_cancel", "SIGNIFICANCE_METHODS", "THRESHOLDS"]
 
 RECORDS = "discoveries"  # folder of a run store root holding the discovery records
-THRESHOLDS = {"group": 3.0, "translation": 10.0}
+THRESHOLDS = {"group": 3.0, "translation": 3.0}
+REPRODUCTION_TOLERANCE = 1e-4  # re-simulated vs stored velocity, relative to the largest speed
 NULL_FACTOR = 10.0  # data gains no larger than this many times the null's are no breaking
 ROUNDING = 1e-5  # gains below this fraction of the rollout MSE are float32 rounding
 SIGNIFICANCE_METHODS = {
     "group": "t over (orbit x 10-start) units of the members' rollout gains, along the "
              "direction they point to (or the axis pair); broken at >= 3",
-    "translation": "prominence of the strongest boundary in the data-minus-null weights (its "
-                   "statistic over the largest one elsewhere); broken at >= 10 when at least half "
-                   "the seeds find it too",
+    "translation": "cross-fitted t over (simulation x 10-start) units of the step in the "
+                   "relaxed-weight gradient, data minus null, at the boundary the other half of "
+                   "the units found; broken at >= 3 when at least half the seeds find that "
+                   "boundary too",
 }
 LABELS = {0: "right", 90: "top", 180: "left", 270: "bottom"}
 FINAL = ("done", "failed", "cancelled")
@@ -142,11 +153,9 @@ class Protocol:
     batches_per_epoch: int = 25
     lr: float = 2e-3
     valid_samples: int = 64
-    # translation: joint training with the total-variation penalty
+    # translation: the strict model (one-step targets), then the relaxed weights' gradients
     epochs: int = 8
-    relaxed_lr: float = 0.06
-    alpha: float = 1.0
-    margin: int = 5  # cells next to the walls left out of the boundary scan (plumes hit walls)
+    margin: int = 1  # cells next to each wall left out of the boundary scan
     # rotations: strict backbone, then the relaxed weights alone with a decaying rate
     strict_epochs: int = 8
     relax_epochs: int = 6
@@ -166,9 +175,9 @@ class Protocol:
 
 
 PROTOCOLS = {
-    "default": Protocol(),  # 32x32, 3 seeds: about 2.5 minutes on 2 CPU cores
-    # half a minute at 24x24, for tests and teaching: narrower models, fewer epochs (weaker:
-    # it names the stronger rotation member but finds no translation boundary)
+    # 32x32, 3 seeds, 2 CPU cores: rotations about 2.5 minutes, translation about 20 s
+    "default": Protocol(),
+    # half a minute at 24x24, for tests and teaching: narrower models, fewer epochs (weaker)
     "quick": Protocol(hidden_dim=8, num_layers=3, batches_per_epoch=15, epochs=6,
                       strict_epochs=5, relax_epochs=4, valid_samples=16),
 }
@@ -271,9 +280,8 @@ def _direction(degrees: float) -> tuple[float, float]:
     return math.cos(rad), math.sin(rad)
 
 
-def symmetric_twin(ds: xr.Dataset, device: str = "auto") -> xr.Dataset:
-    """The recorded set-up re-simulated with the buoyancy map replaced by its mean (per
-    simulation when the map is per simulation): same inflows, walls, steps and split."""
+def _recorded_inflows(ds: xr.Dataset) -> list[list]:
+    """The inflows a simulated dataset records, per simulation."""
     from .simulation import Inflow
 
     if "inflow_x" not in ds.coords:
@@ -290,11 +298,24 @@ def symmetric_twin(ds: xr.Dataset, device: str = "auto") -> xr.Dataset:
                               _direction(float(ds["inflow_direction"].values[s, i])),
                               float(ds["inflow_strength"].values[s, i])))
         inflows.append(sim)
+    return inflows
+
+
+def _maps(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """The recorded buoyancy map and its uniform version (the mean, per simulation when the map
+    is per simulation)."""
     bmap = ds["buoyancy_map"].values.astype(np.float32)
     mean = bmap.mean(axis=(-2, -1), keepdims=True)
-    uniform = np.broadcast_to(mean, bmap.shape).copy()
+    return bmap, np.broadcast_to(mean, bmap.shape).copy()
+
+
+def symmetric_twin(ds: xr.Dataset, device: str = "auto") -> xr.Dataset:
+    """The recorded set-up re-simulated with the buoyancy map replaced by its mean (per
+    simulation when the map is per simulation): same inflows, walls, steps and split. A
+    separate symmetric dataset, e.g. a control (its trajectories diverge from the data's)."""
+    _, uniform = _maps(ds)
     twin = generate("custom", grid=(ds.sizes["y"], ds.sizes["x"]), steps=ds.sizes["time"],
-                    inflows=inflows, buoyancy_map=uniform, device=device,
+                    inflows=_recorded_inflows(ds), buoyancy_map=uniform, device=device,
                     domain_sims=np.atleast_1d(ds.attrs["split_domain_sims"]).astype(int).tolist())
     for key in ("split_train_sims", "split_domain_sims", "window_train", "window_valid",
                 "window_future", "window_domain"):
@@ -302,6 +323,43 @@ def symmetric_twin(ds: xr.Dataset, device: str = "auto") -> xr.Dataset:
     twin.attrs.update(null="symmetric twin: the set-up re-simulated with a uniform buoyancy map "
                            "(the map's mean)", null_of=str(ds.attrs.get("scenario")))
     return twin
+
+
+def counterfactual_null(ds: xr.Dataset, device: str = "cpu") -> xr.Dataset:
+    """The translation null of a simulated dataset: its recorded set-up re-simulated, and every
+    step taken a second time from the *same* state (smoke and velocity) with the buoyancy map
+    replaced by its mean. ``counterfactual[sim, t]`` is what the symmetric rule gives where the
+    data has frame ``t``: same inputs, only the rule differs, so walls, inflows, plumes and the
+    chaos of the trajectories are shared by data and null and cancel in their difference.
+
+    Raises DiscoveryError when the re-simulation does not reproduce the stored velocity (data
+    made by another solver version or device): such data needs a control."""
+    from .simulation import SimulationConfig, simulate
+
+    bmap, uniform = _maps(ds)
+    config = SimulationConfig(grid=(ds.sizes["y"], ds.sizes["x"]), steps=ds.sizes["time"])
+    velocity, counterfactual = simulate(_recorded_inflows(ds), config,
+                                        buoyancy_map=torch.from_numpy(bmap),
+                                        counterfactual_map=torch.from_numpy(uniform),
+                                        device=device)
+    stored = ds["velocity"].values
+    gap = float(np.abs(velocity.numpy() - stored).max())
+    scale = max(float(np.abs(stored).max()), 1e-12)
+    if not gap <= REPRODUCTION_TOLERANCE * scale:
+        raise DiscoveryError(f"re-simulating DATA's recorded set-up does not reproduce its "
+                             f"velocity (largest difference {gap:.3g}, {gap / scale:.2%} of its "
+                             f"largest speed; made by another solver version or device?): give "
+                             f"a control dataset (--control)")
+    keep = {k: v for k, v in ds.coords.items() if set(v.dims) <= set(ds["velocity"].dims)}
+    null = xr.Dataset({"counterfactual": (ds["velocity"].dims, counterfactual.numpy(), dict(
+        long_name="velocity after one step from the data's own state with a uniform buoyancy "
+                  "map (its mean)", units="cells per time unit"))}, coords=keep)
+    null.attrs.update({k: ds.attrs[k] for k in ("split_train_sims", "split_domain_sims",
+                                                 "window_train", "window_valid") if k in ds.attrs})
+    null.attrs.update(null="counterfactual: the data's own states stepped with a uniform "
+                           "buoyancy map (the map's mean)", null_of=str(ds.attrs.get("scenario")),
+                      reproduction_gap=gap)
+    return null
 
 
 def symmetrized_orbits(ds: xr.Dataset, group) -> xr.Dataset:
@@ -388,42 +446,156 @@ def member_gains(model: torch.nn.Module, ds: xr.Dataset, group, *, steps: int = 
                 "member": ("window", ds["orbit_element"].values[sims])})
 
 
-def _robust_z2(g: np.ndarray) -> np.ndarray:
-    """Squared robust z-scores along the last axis (median / 1.4826 MAD); 0 where flat."""
-    med = np.median(g, -1, keepdims=True)
-    mad = 1.4826 * np.median(np.abs(g - med), -1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        z = np.where(mad > 0, (g - med) / np.where(mad > 0, mad, 1.0), 0.0)
-    return z ** 2
+def relaxed_scores(model: torch.nn.Module, ds: xr.Dataset, *,
+                   counterfactual: xr.Dataset | None = None, control: xr.Dataset | None = None,
+                   block: int = 10) -> dict[str, np.ndarray]:
+    """The gradient of the one-step MSE with respect to the model's relaxed weights (the
+    direction they would learn in), per *unit* of training windows: one simulation during
+    ``block`` consecutive start times. Returns ``{"data": [unit, layer, bank, H, W], "null":
+    ...}``: the null's targets are ``counterfactual``'s frames on the data's own inputs (paired,
+    unit for unit), or the ``control``'s own windows (its own units)."""
+    k = int(model.spec["in_frames"])
+    was_training = model.training
+    model.eval()
+    weights = list(model.relaxed_weights().values())
+    flags = [w.requires_grad for w in weights]
+    for w in weights:
+        w.requires_grad_(True)
+
+    def per_unit(windows, targets=None):
+        out = []
+        for sim in windows.sims:
+            for a in range(0, len(windows.starts), block):
+                starts = windows.starts[a:a + block]
+                x = torch.stack([windows.velocity[sim, t:t + k].reshape(2 * k, *windows.velocity
+                                                                       .shape[-2:])
+                                 for t in starts])
+                source = windows.velocity if targets is None else targets
+                y = torch.stack([source[sim, t + k] for t in starts])
+                loss = ((model(x) - y) ** 2).mean()
+                grads = torch.autograd.grad(loss, weights)
+                out.append(torch.stack([g.detach() for g in grads]).numpy())  # float32
+        return np.stack(out)
+
+    try:
+        data = WindowDataset(ds, "train", k, 1)
+        result = {"data": per_unit(data)}
+        if counterfactual is not None:
+            result["null"] = per_unit(data, torch.from_numpy(
+                np.ascontiguousarray(counterfactual["counterfactual"].values)))
+        elif control is not None:
+            result["null"] = per_unit(WindowDataset(control, "train", k, 1))
+    finally:
+        for w, flag in zip(weights, flags):
+            w.requires_grad_(flag)
+        model.train(was_training)
+    return result
 
 
-def boundary_scan(maps: np.ndarray, margin: int = 3) -> xr.Dataset:
-    """Where weight maps ``[..., H, W]`` jump most, along each axis.
+def _profiles(maps: np.ndarray, axis: str, margin: int) -> np.ndarray:
+    """Profiles ``[..., cells]`` of maps ``[..., H, W]`` along ``axis`` (mean over the other),
+    ``margin`` cells next to each wall left out."""
+    profile = maps.mean(-2 if axis == "x" else -1)
+    return profile[..., margin:profile.shape[-1] - margin]
 
-    Per leading index (layer, bank, seed...) the profile along an axis (mean over the other)
-    keeps the cells ``margin`` or more from the walls and is differenced; the differences become
-    squared robust z-scores, averaged over the leading indices: ``statistic(axis, position)``,
-    position ``p`` being the boundary between cells ``p - 1`` and ``p`` (cells from the
-    lower-left corner). All-zero maps give 0."""
+
+def step_scan(maps: np.ndarray, margin: int = 1) -> xr.Dataset:
+    """How well one step explains the profile of maps ``[lead..., H, W]`` along each axis.
+
+    Per leading index (seed, layer, bank) and candidate position ``p`` (the boundary between
+    cells ``p - 1`` and ``p``, from the lower-left corner) the profile is split at ``p`` and the
+    two sides' means compared by a two-sample t (residual variance from the profile itself);
+    ``statistic`` is its square averaged over the leading indices. At least two cells stay on
+    each side. All-zero maps give 0."""
     maps = np.asarray(maps, dtype=np.float64)
     h, w = maps.shape[-2:]
     flat = maps.reshape(-1, h, w)
     stats, positions, axes = [], [], []
     for axis, n in (("x", w), ("y", h)):
-        profile = flat.mean(1 if axis == "x" else 2)[:, margin:n - margin]
-        if profile.shape[-1] < 3:
-            continue
-        diff = np.diff(profile, axis=-1)
-        stats.append(_robust_z2(diff).mean(0))
-        positions.append(np.arange(margin + 1, n - margin))
-        axes.append(np.full(diff.shape[-1], axis))
-    return xr.Dataset({"statistic": ("candidate", np.concatenate(stats),
-                                     dict(long_name="boundary statistic",
-                                          definition="mean over layers, banks and seeds of the "
-                                                     "squared robust z-score of the profile "
-                                                     "difference"))},
-                      coords={"axis": ("candidate", np.concatenate(axes)),
-                              "position": ("candidate", np.concatenate(positions))})
+        profile = _profiles(flat, axis, margin)
+        m = profile.shape[-1]
+        for k in range(2, m - 1):
+            left, right = profile[:, :k], profile[:, k:]
+            resid = np.concatenate([left - left.mean(1, keepdims=True),
+                                    right - right.mean(1, keepdims=True)], 1)
+            var = (resid ** 2).sum(1) / (m - 2) * (1 / k + 1 / (m - k))
+            jump2 = (right.mean(1) - left.mean(1)) ** 2
+            with np.errstate(invalid="ignore", divide="ignore"):
+                t2 = np.where(var > 0, jump2 / np.where(var > 0, var, 1.0), 0.0)
+            stats.append(float(t2.mean()))
+            positions.append(margin + k)
+            axes.append(axis)
+    return xr.Dataset({"statistic": ("candidate", np.asarray(stats), dict(
+        long_name="step statistic",
+        definition="mean over seeds, layers and banks of the squared two-sample t of a single "
+                   "step in the profile"))},
+        coords={"axis": ("candidate", np.asarray(axes)),
+                "position": ("candidate", np.asarray(positions))})
+
+
+def _t_map(data: np.ndarray, null: np.ndarray, paired: bool) -> np.ndarray:
+    """Per element, t of data minus null over units (axis 0): paired (same units) or Welch."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if paired:
+            d = data - null
+            se = d.std(0, ddof=1) / math.sqrt(len(d))
+            mean = d.mean(0)
+        else:
+            se = np.sqrt(data.var(0, ddof=1) / len(data) + null.var(0, ddof=1) / len(null))
+            mean = data.mean(0) - null.mean(0)
+        return np.where(se > 0, mean / np.where(se > 0, se, 1.0), 0.0)
+
+
+def _best(scan: xr.Dataset) -> tuple[str, int]:
+    k = int(np.argmax(scan["statistic"].values))
+    return str(scan["axis"].values[k]), int(scan["position"].values[k])
+
+
+def _contrasts(maps: np.ndarray, axis: str, position: int, margin: int) -> np.ndarray:
+    """Right-of-the-step minus left-of-the-step profile means, ``[unit, lead]``."""
+    profile = _profiles(maps, axis, margin)
+    k = position - margin
+    return profile[..., k:].mean(-1) - profile[..., :k].mean(-1)
+
+
+def _held_out_t(data: np.ndarray, null: np.ndarray, paired: bool, margin: int) -> float:
+    """Cross-fitted significance of the strongest step, units ``[unit, lead, H, W]``: the units
+    are split in two halves (alternating); one half picks the boundary and the sign of each
+    leading index's step, the other half measures it (per unit, the sign-aligned steps, each
+    leading index in units of its spread, averaged) as a t over its units; then the halves swap.
+    Returns their Stouffer combination ``(t1 + t2) / sqrt(2)``: about a standard normal when
+    nothing breaks the symmetry, free of the selection of the position (the half that measures
+    did not choose it)."""
+    ts = []
+    for pick in (0, 1):
+        fit_d, test_d = data[pick::2], data[1 - pick::2]
+        fit_n, test_n = (null[pick::2], null[1 - pick::2])
+        tmap = _t_map(fit_d, fit_n, paired)
+        if not np.any(tmap):
+            return 0.0
+        axis, position = _best(step_scan(tmap, margin))
+        sign = np.sign(_contrasts(tmap[None], axis, position, margin)[0])
+        cd = _contrasts(test_d, axis, position, margin)
+        cn = _contrasts(test_n, axis, position, margin)
+        if paired:
+            c = cd - cn
+            spread = c.std(0, ddof=1)
+        else:
+            spread = np.sqrt((cd.var(0, ddof=1) + cn.var(0, ddof=1)) / 2)
+        use = spread > 0
+        if not use.any():
+            return 0.0
+        if paired:
+            z = (c[:, use] / spread[use] * sign[use]).mean(1)
+            se = z.std(ddof=1) / math.sqrt(len(z))
+            t = z.mean() / se if se > 0 else 0.0
+        else:
+            zd = (cd[:, use] / spread[use] * sign[use]).mean(1)
+            zn = (cn[:, use] / spread[use] * sign[use]).mean(1)
+            se = math.sqrt(zd.var(ddof=1) / len(zd) + zn.var(ddof=1) / len(zn))
+            t = (zd.mean() - zn.mean()) / se if se > 0 else 0.0
+        ts.append(float(t))
+    return float(sum(ts) / math.sqrt(2))
 
 
 # ------------------------------------------------------------------------------ records
@@ -657,14 +829,18 @@ def discover(data: str | os.PathLike, group: str, *, control: str | os.PathLike 
     try:
         if ctrl is not None:
             null_path, null_kind = control_path, "control"
+        elif isinstance(g, TranslationGroup):
+            null = counterfactual_null(ds, device=proto.device)
+            null_path, null_kind = record.path / "null.nc", "counterfactual"
+            null.to_netcdf(record.path / ".null.tmp", engine="h5netcdf")
+            os.replace(record.path / ".null.tmp", null_path)
         else:
-            null = (symmetric_twin(ds, device=proto.device) if isinstance(g, TranslationGroup)
-                    else symmetrized_orbits(ds, g))
+            null = symmetrized_orbits(ds, g)
             null_path, null_kind = record.path / "null.nc", null.attrs["null"].split(":")[0]
             save_dataset(null, null_path)
         if isinstance(g, TranslationGroup):
-            evidence = _translation(manager, record, ds, data_path, null_path, seeds, proto,
-                                    progress, cancel)
+            evidence = _translation(manager, record, ds, data_path, null_path, ctrl is None,
+                                    seeds, proto, progress, cancel)
         else:
             evidence = _rotation(manager, record, ds, data_path, null_path, g, seeds, proto,
                                  progress, cancel)
@@ -699,72 +875,65 @@ def _submit(manager, record, spec, training, path, role, seed) -> str:
     return run_id
 
 
-def _translation(manager, record, ds, data_path, null_path, seeds, proto, progress, cancel):
-    spec = _spec(proto, "translation", proto.alpha)
-    pairs = []
-    for seed in range(seeds):
-        training = _training(proto, seed, epochs=proto.epochs, relaxed_lr=proto.relaxed_lr)
-        pairs.append((_submit(manager, record, spec, training, data_path, "data", seed),
-                      _submit(manager, record, spec, training, null_path, "null", seed)))
-    ids = [r for pair in pairs for r in pair]
-    _wait(manager, record, ids, len(ids), progress, cancel)
-
-    def maps(run_id):
-        model = manager.store.get(run_id).load_model("last")
-        return torch.stack([w.detach().double() for w in model.relaxed_weights().values()])
-
-    data_maps = torch.stack([maps(d) for d, _ in pairs]).numpy()  # [seed, layer, bank, H, W]
-    null_maps = torch.stack([maps(n) for _, n in pairs]).numpy()
-    diff = data_maps - null_maps
-    per_seed = [boundary_scan(diff[s], proto.margin) for s in range(seeds)]
-    axes, positions = per_seed[0]["axis"].values, per_seed[0]["position"].values
+def _translation(manager, record, ds, data_path, null_path, paired, seeds, proto, progress,
+                 cancel):
+    spec = _spec(proto, "translation", 0.0)
+    strict = [_submit(manager, record, spec,
+                      _training(proto, s, epochs=proto.epochs, train_steps=1,
+                                train_params="shared"), data_path, "strict", s)
+              for s in range(seeds)]
+    _wait(manager, record, strict, len(strict), progress, cancel)
+    record.update_status(message="reading the relaxed weights' gradients")
+    other = xr.load_dataset(null_path, engine="h5netcdf")
+    scores = [relaxed_scores(manager.store.get(r).load_model("last"), ds,
+                             **({"counterfactual": other} if paired else {"control": other}))
+              for r in strict]
+    data = np.stack([sc["data"] for sc in scores], 1)  # [unit, seed, layer, bank, H, W]
+    null = np.stack([sc["null"] for sc in scores], 1)
+    del scores  # the units dominate the memory at 64x64
+    lead = (data.shape[0], -1, *data.shape[-2:])
+    tmap = _t_map(data, null, paired)  # [seed, layer, bank, H, W]
+    per_seed = [step_scan(tmap[s], proto.margin) for s in range(seeds)]
     stats = np.stack([p["statistic"].values for p in per_seed])
-    combined = stats.mean(0)  # = the scan of all seeds' profiles together
-    best, prominence = _prominence(combined, axes, positions)
-    significance = 0.0 if not np.any(diff) else prominence
-    seed_found = [_prominence(st, axes, positions) for st in stats]
-    seed_positions = [f"{axes[k]}={int(positions[k])} ({p:.1f})" for k, p in seed_found]
-    scan = xr.Dataset({"statistic": ("candidate", combined)}, coords=per_seed[0].coords)
+    scan = xr.Dataset({"statistic": ("candidate", stats.mean(0))}, coords=per_seed[0].coords)
+    axis, position = _best(scan)
+    if not scan["statistic"].values.max() > 0:  # data and null push the weights alike
+        axis, position = "", math.nan
+    significance = _held_out_t(data.reshape(lead), null.reshape(lead), paired, proto.margin)
+    seed_best = [_best(p) for p in per_seed]
+    agreeing = sum(a == axis and abs(p - position) <= 2 for a, p in seed_best)
+    broken = bool(significance >= THRESHOLDS["translation"] and agreeing >= (seeds + 1) // 2)
+
+    def own(values):  # each side's own push on the relaxed weights, in standard errors
+        with np.errstate(invalid="ignore", divide="ignore"):
+            se = values.std(0, ddof=1) / math.sqrt(len(values))
+            return np.where(se > 0, values.mean(0) / np.where(se > 0, se, 1.0), 0.0).mean(0)
+
     dims = ("layer", "bank", "y", "x")
-    coords = {"layer": np.arange(diff.shape[1]), "bank": np.arange(diff.shape[2]),
-              "y": np.arange(diff.shape[3]) + 0.5, "x": np.arange(diff.shape[4]) + 0.5,
-              "seed": np.arange(seeds)}
     out = xr.Dataset(
-        {"difference": (dims, diff.mean(0), dict(long_name="relaxed weights, data minus null",
-                                                 note="mean over seeds")),
-         "data_weights": (dims, data_maps.mean(0), dict(long_name="relaxed weights of the data "
-                                                                  "runs (mean over seeds)")),
-         "null_weights": (dims, null_maps.mean(0), dict(long_name="relaxed weights of the null "
-                                                                  "runs (mean over seeds)")),
+        {"difference": (dims, tmap.mean(0), dict(
+            long_name="relaxed-weight gradient, data minus null, t per pixel",
+            note="mean over seeds")),
+         "data_score": (dims, own(data), dict(long_name="relaxed-weight gradient on the data, t "
+                                                        "per pixel (mean over seeds)")),
+         "null_score": (dims, own(null), dict(long_name="relaxed-weight gradient on the null, t "
+                                                        "per pixel (mean over seeds)")),
          "boundary_statistic": scan["statistic"],
          "seed_statistic": (("seed", "candidate"), stats,
-                            dict(long_name="boundary statistic of each seed's difference")),
-         "data_runs": ("seed", [d for d, _ in pairs]), "null_runs": ("seed", [n for _, n in pairs]),
-         "seed_boundary": ("seed", seed_positions)},
-        coords={**coords, "axis": scan["axis"], "position": scan["position"]})
-    agreeing = sum(axes[k] == axes[best] and abs(positions[k] - positions[best]) <= 2
-                   and p >= THRESHOLDS["translation"] for k, p in seed_found)
-    broken = bool(significance >= THRESHOLDS["translation"] and agreeing >= (seeds + 1) // 2)
+                            dict(long_name="step statistic of each seed's t map")),
+         "strict_runs": ("seed", strict),
+         "seed_boundary": ("seed", [f"{a}={p}" for a, p in seed_best])},
+        coords={"layer": np.arange(tmap.shape[1]), "bank": np.arange(tmap.shape[2]),
+                "y": np.arange(tmap.shape[3]) + 0.5, "x": np.arange(tmap.shape[4]) + 0.5,
+                "seed": np.arange(seeds), "axis": scan["axis"], "position": scan["position"]})
     out.attrs.update(group="translation", kind="translation", broken=int(broken),
                      significance=float(significance),
                      significance_method=SIGNIFICANCE_METHODS["translation"],
-                     threshold=THRESHOLDS["translation"],
-                     boundary_axis=str(axes[best]), boundary_position=float(positions[best]),
-                     boundary_statistic=float(combined[best]),
-                     runner_up=float(combined[best]) / prominence if prominence > 0 else 0.0,
-                     seeds_agreeing=int(agreeing))
+                     threshold=THRESHOLDS["translation"], paired=int(paired),
+                     boundary_axis=axis, boundary_position=float(position),
+                     boundary_statistic=float(scan["statistic"].max()),
+                     seeds_agreeing=int(agreeing), units=int(data.shape[0]))
     return out
-
-
-def _prominence(statistic: np.ndarray, axes: np.ndarray, positions: np.ndarray,
-                reach: int = 2) -> tuple[int, float]:
-    """The best candidate and how far it stands out: its statistic over the largest one more
-    than ``reach`` cells away from it (or on the other axis)."""
-    best = int(np.argmax(statistic))
-    away = ~((axes == axes[best]) & (np.abs(positions - positions[best]) <= reach))
-    rest = float(statistic[away].max()) if away.any() else 0.0
-    top = float(statistic[best])
-    return best, (min(top / rest, 1e6) if rest > 0 else (1e6 if top > 0 else 0.0))
 
 
 def _member_angles(ds: xr.Dataset) -> dict[int, float | None]:
@@ -952,9 +1121,9 @@ def verdict_json(evidence: xr.Dataset) -> dict:
                data=a.get("data"), discovery=a.get("discovery"), seeds=int(a.get("seeds", 0)),
                seconds=float(a.get("seconds", math.nan)))
     if a["kind"] == "translation":
-        out["boundary"] = dict(axis=a["boundary_axis"], position=float(a["boundary_position"]))
-        out["runs"] = [str(r) for r in evidence["data_runs"].values] + \
-            [str(r) for r in evidence["null_runs"].values]
+        out["boundary"] = (dict(axis=a["boundary_axis"], position=float(a["boundary_position"]))
+                           if a["boundary_axis"] else None)
+        out["runs"] = [str(r) for r in evidence["strict_runs"].values]
     else:
         angle = a.get("direction_angle")
         out["direction"] = dict(angle_deg=None if angle is None or not math.isfinite(angle)
@@ -975,7 +1144,8 @@ def _sentence(evidence: xr.Dataset) -> str:
     head = (f"{a['group']}: {'broken' if a['broken'] else 'no breaking found'} "
             f"(significance {a['significance']:.3g})")
     if a["kind"] == "translation":
-        return head + f"; strongest boundary {a['boundary_axis']} = {a['boundary_position']:g}"
+        return head + (f"; strongest boundary {a['boundary_axis']} = {a['boundary_position']:g}"
+                       if a["boundary_axis"] else "; no boundary stands out")
     where = a.get("direction_label") or f"member {a['named_member']}"
     return head + f"; the data treats the {where} member differently"
 

@@ -192,9 +192,16 @@ def _turn_vector(v: tuple[float, float], k: int) -> tuple[float, float]:
 def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | None = None, *,
              buoyancy_map: torch.Tensor | None = None, device: str | torch.device = "cpu",
              progress: Callable[[int, int], None] | None = None,
-             cancel: Callable[[], bool] | None = None, return_smoke: bool = False):
+             cancel: Callable[[], bool] | None = None, return_smoke: bool = False,
+             counterfactual_map: torch.Tensor | None = None):
     """Run one batch of simulations; return velocity ``[sims, steps, 2, H, W]`` (float32, CPU),
     and with ``return_smoke`` also the final smoke ``[sims, inflows, H, W]`` (grid frame).
+
+    With ``counterfactual_map`` (shaped like ``buoyancy_map``) it returns ``(velocity,
+    counterfactual[, smoke])``: ``counterfactual[:, t]`` is the velocity one step would give from
+    the simulation's own state before step ``t`` (its smoke and velocity) with that map in place
+    of the buoyancy map. Same inputs, another rule: the difference is what the map change does in
+    one step, nothing that a diverging trajectory adds.
 
     Args:
         inflows: per simulation, a non-empty list of :class:`Inflow`.
@@ -216,9 +223,15 @@ def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | Non
     dtype = torch.float32
     if buoyancy_map is None:
         buoyancy_map = torch.ones(h, w)
-    buoyancy_map = buoyancy_map.to(dtype).expand(n, h, w).clone()
     if tuple(buoyancy_map.shape[-2:]) != (h, w):
         raise ValueError(f"buoyancy_map must be [H, W] = {config.grid}, got {tuple(buoyancy_map.shape)}")
+    buoyancy_map = buoyancy_map.to(dtype).expand(n, h, w).clone()
+    maps = [buoyancy_map]
+    if counterfactual_map is not None:
+        if tuple(counterfactual_map.shape[-2:]) != (h, w):
+            raise ValueError(f"counterfactual_map must be [H, W] = {config.grid}, got "
+                             f"{tuple(counterfactual_map.shape)}")
+        maps.append(counterfactual_map.to(dtype).expand(n, h, w).clone())
 
     turns = [(_quarter_turn_of(sim[0].unit_direction()) if config.canonical_frames and h == w else 0)
              for sim in inflows]
@@ -234,7 +247,8 @@ def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | Non
             push[s, i] = torch.tensor(d) * inflow.strength
             radius[s, i], rate[s, i] = inflow.radius, inflow.rate
         if k:
-            buoyancy_map[s] = transform_scalar(buoyancy_map[s], "C4", (4 - k) % 4)
+            for m in maps:
+                m[s] = transform_scalar(m[s], "C4", (4 - k) % 4)
 
     ys = torch.arange(h, dtype=torch.float64) + 0.5
     xs = torch.arange(w, dtype=torch.float64) + 0.5
@@ -242,17 +256,22 @@ def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | Non
                       + (ys[None, None, :, None] - pos[..., 1, None, None]) ** 2)
     disc = (radius[..., None, None] - dist + 0.5).clamp(0, 1)  # anti-aliased disc
     source = (disc * rate[..., None, None] * config.dt).to(device, dtype)  # [sims, inflows, H, W]
-    force = (push[..., None, None] * buoyancy_map[:, None, None].double()).to(device, dtype)
+    force, *other = [(push[..., None, None] * m[:, None, None].double()).to(device, dtype)
+                     for m in maps]
 
     projector = Projector(config.grid, device, dtype)
     smoke = torch.zeros(n, most, h, w, device=device, dtype=dtype)
     vel = torch.zeros(n, 2, h, w, device=device, dtype=dtype)
     out = torch.empty(n, config.steps, 2, h, w, device=device, dtype=dtype)
+    counterfactual = torch.empty_like(out) if other else None
     dt = config.dt
     for step in range(config.steps):
         if cancel is not None and cancel():
             raise InterruptedError(f"simulation cancelled at step {step}")
         smoke = _maccormack(smoke + source, vel, dt)
+        if other:
+            pushed = vel + dt * (smoke[:, :, None] * other[0]).sum(1)
+            counterfactual[:, step] = projector(_advect(pushed, pushed, dt))
         vel = vel + dt * (smoke[:, :, None] * force).sum(1)
         vel = projector(_advect(vel, vel, dt))
         out[:, step] = vel
@@ -262,4 +281,8 @@ def simulate(inflows: Sequence[Sequence[Inflow]], config: SimulationConfig | Non
         if k:
             out[s] = transform_field(out[s], "C4", k)
             smoke[s] = transform_scalar(smoke[s], "C4", k)
-    return (out.cpu(), smoke.cpu()) if return_smoke else out.cpu()
+            if other:
+                counterfactual[s] = transform_field(counterfactual[s], "C4", k)
+    results = [out.cpu()] + ([counterfactual.cpu()] if other else []) + (
+        [smoke.cpu()] if return_smoke else [])
+    return results[0] if len(results) == 1 else tuple(results)

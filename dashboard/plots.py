@@ -189,39 +189,42 @@ def discovery_weights(evidence: xr.Dataset) -> hv.Layout | hv.Element:
 
 
 def discovery_maps(evidence: xr.Dataset) -> hv.Layout | hv.Element:
-    """Translation discovery: the weight map of the layer and bank whose difference jumps most
-    at the found boundary, for the data runs, the null runs and their difference (seeds
-    averaged), with the found boundary dashed."""
+    """Translation discovery: for the layer and bank whose difference steps most at the found
+    boundary, how the data and the null push the relaxed weights (their gradients, t per pixel,
+    seeds averaged) and the difference, with the found boundary dashed."""
     if not isinstance(evidence, xr.Dataset) or "difference" not in evidence:
         return message("n/a: no weight maps", "discovery")
     axis = str(evidence.attrs.get("boundary_axis", "x"))
     pos = _num(evidence.attrs.get("boundary_position"))
     diff = evidence["difference"]
-    profile = diff.mean("y" if axis == "x" else "x")
-    coord = profile[axis].values
-    jump = np.abs(profile.where(np.abs(coord - pos) < 1.0).max(axis)
-                  - profile.where(np.abs(coord - pos) < 1.0).min(axis))
-    layer, bank = np.unravel_index(int(np.nanargmax(_floats(jump.values))), jump.shape)
+    if axis in ("x", "y") and math.isfinite(pos):
+        profile = diff.mean("y" if axis == "x" else "x")
+        coord = profile[axis].values
+        step = np.abs(profile.where(coord > pos).mean(axis) - profile.where(coord < pos).mean(axis))
+        layer, bank = np.unravel_index(int(np.nanargmax(_floats(step.values))), step.shape)
+    else:
+        layer, bank = 0, 0
     x, y = diff["x"].values, diff["y"].values
-    line = (hv.VLine(pos) if axis == "x" else hv.HLine(pos)).opts(
-        color="black", line_dash="dashed", line_width=1.5)
     panels = []
-    for name, title in (("data_weights", "data runs"), ("null_weights", "null runs"),
+    for name, title in (("data_score", "data"), ("null_score", "null"),
                         ("difference", "data minus null")):
+        if name not in evidence:
+            continue
         raw = _floats(evidence[name].values[layer, bank])
-        mean = 0.0 if name == "difference" else float(np.nanmean(raw))
-        half = _half_range(raw - mean, _peak(raw))
-        img = _image(x, y, raw, [_X, _Y], hv.Dimension("weight", label="relaxed weight")).opts(
-            cmap=DIVERGING, clim=(mean - half, mean + half), colorbar=True, tools=["hover"])
-        panels.append((img * line).opts(title=f"{title} (layer {layer}, bank {bank})",
-                                        data_aspect=1, **_SIZE))
+        half = _half_range(raw, _peak(raw))
+        img = _image(x, y, raw, [_X, _Y], hv.Dimension("t", label="gradient (t)")).opts(
+            cmap=DIVERGING, clim=(-half, half), colorbar=True, tools=["hover"])
+        if axis in ("x", "y") and math.isfinite(pos):
+            img = img * (hv.VLine(pos) if axis == "x" else hv.HLine(pos)).opts(
+                color="black", line_dash="dashed", line_width=1.5)
+        panels.append(img.opts(title=f"{title} (layer {layer}, bank {bank})", data_aspect=1,
+                               **_SIZE))
     return _layout(panels, 3)
 
 
 def boundary_profile(evidence: xr.Dataset) -> hv.Overlay | hv.Element:
-    """The boundary statistic of data minus null (all seeds together) at every candidate
-    position along x and y; dotted: the largest value away from the strongest candidate; dashed:
-    the level the strongest must reach to count as broken (threshold x that)."""
+    """The step statistic of data minus null (all seeds together) at every candidate position
+    along x and y; dashed: the boundary found."""
     if not isinstance(evidence, xr.Dataset) or "boundary_statistic" not in evidence:
         return message("n/a: no boundary statistic", "discovery")
     stat = evidence["boundary_statistic"]
@@ -234,15 +237,12 @@ def boundary_profile(evidence: xr.Dataset) -> hv.Overlay | hv.Element:
                                                 unit="cells"),
                                    "statistic", label=f"along {axis}").opts(
                 color=_color(i), line_width=2, tools=["hover"]))
-    rest = _num(evidence.attrs.get("runner_up"))
-    threshold = _num(evidence.attrs.get("threshold"))
-    if math.isfinite(rest) and rest > 0:
-        curves.append(hv.HLine(rest).opts(color="grey", line_dash="dotted"))
-        if math.isfinite(threshold):
-            curves.append(hv.HLine(rest * threshold).opts(color="black", line_dash="dashed"))
+    pos = _num(evidence.attrs.get("boundary_position"))
+    if math.isfinite(pos):
+        curves.append(hv.VLine(pos).opts(color="black", line_dash="dashed"))
     return hv.Overlay(curves).opts(
-        title="Boundary statistic of data minus null (dotted: largest elsewhere; dashed: broken "
-              "above)", legend_position="top_left", **_SIZE)
+        title="How well one step explains data minus null (dashed: the boundary found)",
+        legend_position="top_left", **_SIZE)
 
 
 # ------------------------------------------------------------------------------------ weights

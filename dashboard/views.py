@@ -532,14 +532,15 @@ def evidence_of(record):
 
 
 DISCOVERY_HELP = """
-**How to read it.** Relaxed models were trained on the data and on a *null*: the same data with
-the symmetry restored (or your control). Only the difference between the two is evidence.
+**How to read it.** Relaxed models were trained and read on the data and on a *null*: the same
+data with the symmetry restored (or your control). Only the difference between the two is evidence.
 For rotations the bars show, for every orbit member (where its inflow sits), how much the
 relaxed weights improve the model over its own symmetric average: the member that gains most is
 the one the data treats differently; the null's bars stay at zero. For translation the maps show
-the learned per-pixel weights of the data runs, the null runs and their difference; the dashed
-line is the strongest boundary in the difference. The significance and its method are stated
-with the verdict; a verdict is only as good as its null.
+where the data and the null push the per-pixel relaxed weights of the same strict model (their
+gradients, in standard errors per pixel) and the difference; walls and plumes push both alike
+and cancel, and the dashed line is the strongest step left in the difference. The significance
+and its method are stated with the verdict; a verdict is only as good as its null.
 """
 
 
@@ -552,7 +553,9 @@ def _verdict_text(record, evidence) -> str:
     if a["kind"] == "translation":
         lines.append(f"Strongest boundary: **{a['boundary_axis']} = {a['boundary_position']:g}** "
                      f"cells from the lower-left (per seed: "
-                     f"{', '.join(str(v) for v in evidence['seed_boundary'].values)}).")
+                     f"{', '.join(str(v) for v in evidence['seed_boundary'].values)})."
+                     if a["boundary_axis"] else "No boundary stands out: the data and the null "
+                                                "push the relaxed weights alike.")
     else:
         where = a.get("direction_label") or f"orbit member {a['named_member']}"
         lines.append(f"The data treats the **{where}** member differently (direction "

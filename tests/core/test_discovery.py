@@ -16,8 +16,9 @@ from core.__main__ import main
 from core.datasets import (data_equivariance_error, generate, import_pt, save_dataset,
                            transform_dataset)
 from core.discovery import (THRESHOLDS, DiscoveryError, DiscoveryStore, Protocol,
-                            _direction_tests, _stabilizer, boundary_scan, check_request,
-                            member_gains, symmetric_twin, symmetrized_orbits, verdict_json)
+                            _direction_tests, _held_out_t, _stabilizer, check_request,
+                            counterfactual_null, member_gains, relaxed_scores, step_scan,
+                            symmetric_twin, symmetrized_orbits, verdict_json)
 from core.groups import get_group
 from core.simulation import Inflow
 
@@ -58,6 +59,56 @@ def test_symmetric_twin_keeps_inflows_and_levels_the_buoyancy():
                           flat["velocity"].values)
 
 
+def test_the_counterfactual_null_steps_the_data_own_states():
+    """Same inputs, another rule: each counterfactual frame is one step from the data's state,
+    so it stays next to the data while the re-simulated twin drifts away; a map that already is
+    uniform gives the data itself, bit for bit."""
+    ds = generate("translation", grid=16, steps=40, sims=7, breaking=1.0, device="cpu")
+    null = counterfactual_null(ds)
+    cf, v = null["counterfactual"].values, ds["velocity"].values
+    assert cf.shape == v.shape and null.attrs["reproduction_gap"] == 0.0
+    twin = symmetric_twin(ds, device="cpu")["velocity"].values
+    late = slice(20, 40)
+    assert np.abs(cf - v)[:, late].max() < 0.5 * np.abs(twin - v)[:, late].max()
+    assert np.abs(cf - v).max() > 0
+    flat = generate("translation", grid=16, steps=20, sims=7, breaking=0.0, device="cpu")
+    assert np.array_equal(counterfactual_null(flat)["counterfactual"].values,
+                          flat["velocity"].values)
+
+
+def test_the_counterfactual_map_follows_turned_simulations():
+    """The rotation scenario solves turned sims in their own frame: a counterfactual map equal
+    to the buoyancy map must give the velocity itself there too."""
+    from core.simulation import SimulationConfig, simulate
+    inflows = [[Inflow(6, 2, 2, d, 0.1)] for d in ((0, 1), (-1, 0), (0, -1), (1, 0))]
+    bmap = torch.linspace(1, 2, 12).repeat(12, 1)
+    config = SimulationConfig(grid=(12, 12), steps=6)
+    velocity, cf = simulate(inflows, config, buoyancy_map=bmap, counterfactual_map=bmap)
+    assert torch.equal(velocity, cf)
+    assert torch.equal(velocity, simulate(inflows, config, buoyancy_map=bmap))
+
+
+def test_a_dataset_the_solver_does_not_reproduce_needs_a_control():
+    ds = generate("translation", grid=16, steps=20, sims=7, breaking=1.0, device="cpu")
+    ds["velocity"] = ds["velocity"] * 1.01
+    with pytest.raises(DiscoveryError, match="does not reproduce.*--control"):
+        counterfactual_null(ds)
+
+
+def test_relaxed_scores_are_paired_and_vanish_without_a_difference():
+    ds = generate("translation", grid=16, steps=40, sims=7, breaking=0.0, device="cpu")
+    model = build_model("rgroup", group="translation", in_frames=2, hidden_dim=4,
+                        num_layers=2, num_banks=2, grid=(16, 16))
+    same = counterfactual_null(ds)  # a uniform map: the null is the data
+    scores = relaxed_scores(model, ds, counterfactual=same, block=10)
+    assert scores["data"].shape == scores["null"].shape
+    assert scores["data"].shape[1:] == (2, 2, 16, 16)
+    n_units = len(ds.attrs["split_train_sims"]) * math.ceil(
+        (int(ds.attrs["window_train"][1]) - int(ds.attrs["window_train"][0])) / 10)
+    assert scores["data"].shape[0] <= n_units and np.abs(scores["data"]).max() > 0
+    assert np.array_equal(scores["data"], scores["null"])
+
+
 def test_transform_dataset_turns_fields_inflows_and_map(rotation):
     turned = transform_dataset(rotation, "C4", 1)
     # the bottom inflow (16-grid centre x, low y) is now on the right, blowing left
@@ -89,18 +140,42 @@ def test_member_gains_vanish_for_an_equivariant_model(rotation, float64):
     assert np.abs(gains["gain"].values).max() > 1e-6
 
 
-def test_boundary_scan_finds_a_step_on_either_axis():
+def test_step_scan_finds_a_step_on_either_axis():
     rng = np.random.default_rng(0)
     maps = rng.normal(0, 0.01, (3, 2, 24, 24))
     maps[..., :, 10:] += 0.2  # a jump between columns 9 and 10: x = 10
-    scan = boundary_scan(maps, margin=3)
-    best = int(np.argmax(scan["statistic"].values))
-    assert str(scan["axis"].values[best]) == "x" and int(scan["position"][best]) == 10
-    turned = np.swapaxes(maps, -1, -2)  # now along y
-    scan = boundary_scan(turned, margin=3)
-    best = int(np.argmax(scan["statistic"].values))
-    assert str(scan["axis"].values[best]) == "y" and int(scan["position"][best]) == 10
-    assert float(boundary_scan(np.zeros((2, 16, 16)))["statistic"].max()) == 0.0
+    maps[..., :, :] += np.linspace(0, 0.1, 24)  # a ramp does not move it
+    for axis, m in (("x", maps), ("y", np.swapaxes(maps, -1, -2))):
+        scan = step_scan(m)
+        best = int(np.argmax(scan["statistic"].values))
+        assert str(scan["axis"].values[best]) == axis and int(scan["position"][best]) == 10
+    assert float(step_scan(np.zeros((2, 16, 16)))["statistic"].max()) == 0.0
+
+
+def _units(rng, n=80, lead=6, step=0.0, at=9, axis=-1):
+    maps = rng.normal(0, 1.0, (n, lead, 16, 16))
+    signs = rng.choice([-1.0, 1.0], lead)[None, :, None, None]  # each map's own sign
+    if step:
+        bump = np.zeros((16, 16))
+        bump[:, at:] = step
+        maps = maps + signs * (bump if axis == -1 else bump.T)
+    return maps
+
+
+def test_the_cross_fitted_step_t_is_calibrated_and_finds_steps():
+    """Without a difference (paired units whose difference is noise of mean zero, as the
+    counterfactual null gives where nothing breaks) the significance is about standard normal:
+    it reaches the threshold rarely; with a step of a fifth of the per-unit noise it is far above it, along either axis and for unpaired units."""
+    rng = np.random.default_rng(3)
+    null = [_held_out_t(_units(rng), np.zeros((80, 6, 16, 16)), True, 1) for _ in range(60)]
+    assert np.mean(np.asarray(null) >= THRESHOLDS["translation"]) < 0.05
+    assert abs(np.mean(null)) < 0.6
+    for axis in (-1, -2):
+        assert _held_out_t(_units(rng, step=0.2, axis=axis), np.zeros((80, 6, 16, 16)),
+                           True, 1) > 2 * THRESHOLDS["translation"]
+    unpaired = _held_out_t(_units(rng, step=0.3), _units(rng, n=60), False, 1)
+    assert unpaired > THRESHOLDS["translation"]
+    assert _held_out_t(np.zeros((20, 2, 8, 8)), np.zeros((20, 2, 8, 8)), True, 1) == 0.0
 
 
 def test_direction_test_points_to_the_member_that_gains():

@@ -38,10 +38,12 @@ def test_simulated_velocity_is_divergence_free():
 
 
 def test_smoke_stays_non_negative_and_bounded():
-    smoke = torch.rand(2, 1, 16, 16)
-    vel = 3 * torch.randn(2, 2, 16, 16)
+    gen = torch.Generator().manual_seed(0)
+    smoke = torch.rand(2, 1, 16, 16, generator=gen)
+    vel = 3 * torch.randn(2, 2, 16, 16, generator=gen)
     out = _maccormack(smoke, vel, 1.0)
-    assert out.min() >= 0 and out.max() <= smoke.max()
+    # the limiter clamps to the neighbours' range; the interpolation may round one ulp past it
+    assert out.min() >= 0 and out.max() <= smoke.max() * (1 + 1e-6)
     _, final = simulate([[Inflow(12, 4, 3)], [Inflow(4, 12, 3, (1.0, 0.0))]],
                         SimulationConfig(grid=GRID, steps=40), return_smoke=True)
     assert final.min() >= 0 and final.max() > 0
