@@ -813,6 +813,9 @@ def discover(data: str | os.PathLike, group: str, *, control: str | os.PathLike 
         control_path = Path(control).resolve() if control is not None else None
         ctrl = _load(control_path, "the control") if control_path is not None else None
         check_request(ds, g, ctrl, seeds, proto)
+        # built before the record: data the solver does not reproduce is bad input
+        counterfactual = (counterfactual_null(ds, device=proto.device)
+                          if ctrl is None and isinstance(g, TranslationGroup) else None)
     except DiscoveryError as err:
         if record is not None:  # a launched record must not stay queued
             record.update_status(state="failed", error=str(err))
@@ -829,10 +832,9 @@ def discover(data: str | os.PathLike, group: str, *, control: str | os.PathLike 
     try:
         if ctrl is not None:
             null_path, null_kind = control_path, "control"
-        elif isinstance(g, TranslationGroup):
-            null = counterfactual_null(ds, device=proto.device)
+        elif counterfactual is not None:
             null_path, null_kind = record.path / "null.nc", "counterfactual"
-            null.to_netcdf(record.path / ".null.tmp", engine="h5netcdf")
+            counterfactual.to_netcdf(record.path / ".null.tmp", engine="h5netcdf")
             os.replace(record.path / ".null.tmp", null_path)
         else:
             null = symmetrized_orbits(ds, g)

@@ -250,11 +250,16 @@ def test_imported_translation_data_needs_a_control(tmp_path):
         check_request(imported, "translation", None, 1, Protocol(in_frames=2))
 
 
-@pytest.mark.parametrize("case", ["nonsquare", "few", "control"])
+@pytest.mark.parametrize("case", ["nonsquare", "few", "control", "not reproduced"])
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(case, tmp_path, capsys, rotation):
     data = tmp_path / "data.nc"
     args = ["discover", str(data), "--group", "C4", "--runs", str(tmp_path / "runs")]
-    if case == "nonsquare":
+    if case == "not reproduced":  # a translation null needs the solver to give the data again
+        ds = generate("translation", grid=16, steps=30, sims=7, device="cpu")
+        ds["velocity"] = ds["velocity"] * 1.01
+        save_dataset(ds, data)
+        args[3] = "translation"
+    elif case == "nonsquare":
         save_dataset(generate("custom", grid=(12, 16), steps=20, device="cpu",
                               inflows=[[Inflow(8, 3, 2, (0, 1), 0.1)]] * 4), data)
     elif case == "few":
