@@ -841,8 +841,9 @@ def discover(data: str | os.PathLike, group: str, *, control: str | os.PathLike 
             null_path, null_kind = record.path / "null.nc", null.attrs["null"].split(":")[0]
             save_dataset(null, null_path)
         if isinstance(g, TranslationGroup):
-            evidence = _translation(manager, record, ds, data_path, null_path, ctrl is None,
-                                    seeds, proto, progress, cancel)
+            evidence = _translation(manager, record, ds, data_path,
+                                    ctrl if counterfactual is None else counterfactual,
+                                    counterfactual is not None, seeds, proto, progress, cancel)
         else:
             evidence = _rotation(manager, record, ds, data_path, null_path, g, seeds, proto,
                                  progress, cancel)
@@ -877,7 +878,7 @@ def _submit(manager, record, spec, training, path, role, seed) -> str:
     return run_id
 
 
-def _translation(manager, record, ds, data_path, null_path, paired, seeds, proto, progress,
+def _translation(manager, record, ds, data_path, other, paired, seeds, proto, progress,
                  cancel):
     spec = _spec(proto, "translation", 0.0)
     strict = [_submit(manager, record, spec,
@@ -886,7 +887,6 @@ def _translation(manager, record, ds, data_path, null_path, paired, seeds, proto
               for s in range(seeds)]
     _wait(manager, record, strict, len(strict), progress, cancel)
     record.update_status(message="reading the relaxed weights' gradients")
-    other = xr.load_dataset(null_path, engine="h5netcdf")
     scores = [relaxed_scores(manager.store.get(r).load_model("last"), ds,
                              **({"counterfactual": other} if paired else {"control": other}))
               for r in strict]
