@@ -327,8 +327,10 @@ class ExperimentState(param.Parameterized):
         self.refresh_datasets()
 
     def refresh_datasets(self) -> None:
+        """Offer the data folder's datasets, also those saved since by other sessions."""
         names = self.services.datasets()
-        self.param.dataset.objects = names
+        if list(self.param.dataset.objects) != names:  # unchanged: nothing sent to the page
+            self.param.dataset.objects = names
         if self.dataset not in names:
             self.dataset = "rotation.nc" if "rotation.nc" in names else (names[0] if names else None)
 

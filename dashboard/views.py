@@ -166,7 +166,9 @@ class ExperimentPanel(pn.viewable.Viewer):
         self.status.object = f"Generating `{name}` in the background."
 
     def poll(self) -> None:
-        """Called by the app's periodic callback: generation progress."""
+        """Called when the shared listing changed: datasets saved or generated in other
+        sessions, and this session's generation progress."""
+        self.state.refresh_datasets()
         record = self.state.services.generations.get(self.new_name.value.strip())
         if not record:
             return

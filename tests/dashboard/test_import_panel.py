@@ -65,6 +65,30 @@ def test_drop_preview_save_and_choose(services):
                           flow)
 
 
+def test_a_dataset_saved_in_one_session_is_offered_in_the_others(services):
+    """Another student's open experiment panel lists it at its next refresh, keeps its own
+    choice, and its dataset select is not re-sent while the list is unchanged."""
+    from dashboard.views import ExperimentPanel
+
+    flow = RNG.standard_normal((2, 30, 2, 8, 8)).astype("float32")
+    saver = ImportPanel(ExperimentState(services))
+    _drop(saver, {"first.npy": _npy(flow)})
+    saver._save()
+    other = ExperimentPanel(ExperimentState(services))
+    chosen = other.state.dataset
+    assert chosen == "first.nc"
+    _drop(saver, {"shared.npy": _npy(flow)})
+    saver._save()
+    sent = []
+    other.state.param.watch(lambda e: sent.append(e), "dataset", what="objects")
+    other.poll()
+    assert "shared.nc" in other.state.param.dataset.objects
+    assert "shared.nc" in other.dataset.options and other.state.dataset == chosen
+    assert len(sent) == 1
+    other.poll()  # nothing new: nothing sent
+    assert len(sent) == 1
+
+
 def test_names_that_need_mapping_show_the_mapping_step(services, tmp_path):
     flow = RNG.standard_normal((2, 40, 2, 8, 8)).astype("float32")
     path = tmp_path / "odd.nc"
