@@ -365,7 +365,7 @@ class JobsView(pn.viewable.Viewer):
                     layout=pn.Row(text, progress, cancel, sizing_mode="stretch_width"))
 
     def _update(self, widgets: dict, row: dict) -> None:
-        status = self.state.services.store.get(row["id"]).status()
+        status = {**row.get("job", {}), "progress": row.get("progress")}
         eta = status.get("eta_seconds")
         text = (f"**{row['id']}** · {row['state']} · device {status.get('device', '?')}"
                 + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) and
@@ -391,6 +391,8 @@ class JobsView(pn.viewable.Viewer):
                 _notify(kind, f"{r['id']}: {r['state']}" + (f" ({r['error']})" if r.get("error")
                                                             else ""))
             self._states[r["id"]] = r["state"]
+        if not self.active:  # a hidden tab's rows are brought up to date when it is shown
+            return          # (an ETA changes every second, in every session)
         for r in recent:
             if r["id"] not in self._widgets:
                 self._widgets[r["id"]] = self._row(r["id"])
@@ -402,8 +404,6 @@ class JobsView(pn.viewable.Viewer):
                                  or [_message("no jobs yet")])
         watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
                        rows[-1]["id"] if rows else None)
-        if not self.active:  # plots update only while shown
-            return
         if watched is None:
             if self.curves.object is None:
                 self.curves.object = plots.training_curves([])

@@ -109,6 +109,27 @@ def test_jobs_view_trains_and_reports(state):
     jobs = JobsView(state)
     jobs.poll()
     assert any(run_id in str(row.objects[0].object) for row in jobs.rows.objects)
+    text = next(str(row.objects[0].object) for row in jobs.rows.objects
+                if run_id in str(row.objects[0].object))
+    assert "done" in text and "device cpu" in text  # from the shared listing's job status
+
+
+def test_a_hidden_jobs_tab_changes_nothing_until_shown(state, monkeypatch):
+    """An ETA changes every second in every session: a hidden Jobs tab must not re-render its
+    rows for it, and must be current as soon as it is shown."""
+    jobs = JobsView(state, active=False)
+    row = dict(id="r1", store="runs", state="running", progress=0.25,
+               job=dict(eta_seconds=40.0, device="cpu", error=None))
+    jobs.poll([row])
+    assert jobs.rows.objects == [] and jobs._widgets == {}
+    jobs.poll([dict(row, progress=0.5, job=dict(row["job"], eta_seconds=20.0))])
+    assert jobs._widgets == {}
+    listing = type("Listing", (), dict(runs=[dict(row, progress=0.75,
+                                                 job=dict(row["job"], eta_seconds=10.0))]))
+    monkeypatch.setattr(state.services, "snapshot", lambda *a, **k: listing)
+    jobs.active = True  # shown: polls the listing at once
+    text = str(jobs._widgets["r1"]["text"].object)
+    assert "ETA 10 s" in text and jobs._widgets["r1"]["progress"].value == 75
 
 
 def test_catalog_selects_a_run_once_then_leaves_the_choice_to_the_user(state):
