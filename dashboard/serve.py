@@ -7,8 +7,9 @@ One place for the server's settings (the load test uses the same):
 * ``--setup dashboard/warm.py`` imports the plotting stack and builds the shared figures once per
   server process, so no student's session pays for it;
 * sessions whose page has not connected, or that were closed, are dropped after
-  :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`) and their memory handed
-  back; a callback pool of :data:`THREADS` threads;
+  :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`), their objects freed for
+  later sessions (the process does not hand the memory back to the system: BENCHMARKS.md); a
+  callback pool of :data:`THREADS` threads;
 * loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network.
 
 Extra arguments after ``--`` go to ``panel serve`` unchanged (e.g. ``-- --admin``).
