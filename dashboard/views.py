@@ -367,7 +367,7 @@ class JobsView(pn.viewable.Viewer):
     def _update(self, widgets: dict, row: dict) -> None:
         status = {**row.get("job", {}), "progress": row.get("progress")}
         eta = status.get("eta_seconds")
-        text = (f"**{row['id']}** · {row['state']} · device {status.get('device', '?')}"
+        text = (f"**{row['id']}** · {row['state']} · device {status.get('device') or '?'}"
                 + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) and
                    row["state"] == "running" else "")
                 + (f" · {status.get('error')}" if status.get("error") else ""))
