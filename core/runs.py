@@ -357,7 +357,7 @@ class RunStore:
     """All runs under one folder: create, get, list, compare, delete."""
 
     ROW_KEYS = ("id", "model", "group", "num_banks", "alpha", "dataset", "state", "progress",
-                "created", *FINAL_METRICS, "error")
+                "eta_seconds", "device", "created", *FINAL_METRICS, "error")
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -454,8 +454,10 @@ class RunStore:
         return [run for _, _, run in sorted(keyed, key=lambda k: k[:2])]
 
     def list(self) -> list[dict]:
-        """One row (keys :attr:`ROW_KEYS`) per run, oldest first. A run whose files cannot be
-        read has state ``"damaged"`` and the reason in ``error``."""
+        """One row (keys :attr:`ROW_KEYS`) per run, oldest first: its spec, its status (state,
+        progress, ETA, device, a failed job's error) and final metrics, from one read of each
+        file. A run whose files cannot be read has state ``"damaged"`` and the reason in
+        ``error``."""
         rows = []
         for run in self.runs():
             row = dict.fromkeys(self.ROW_KEYS)
@@ -468,7 +470,9 @@ class RunStore:
                            dataset=Path(str(spec["dataset"].get("path", ""))).name or None,
                            created=spec["created"])
                 status = run.status()
-                row.update(state=status["state"], progress=status["progress"])
+                row.update(state=status["state"], progress=status["progress"],
+                           eta_seconds=status.get("eta_seconds"), device=status.get("device"),
+                           error=status.get("error"))
                 finals = self._final_metrics(run)
                 row.update({name: finals.get(name) for name in FINAL_METRICS})
             except RunError as err:

@@ -124,9 +124,6 @@ class Services:
                 return self._snapshot
             runs = [dict(row, store=label) for store, label in
                     ((self.pretrained, "pretrained"), (self.store, "runs")) for row in store.list()]
-            for row in runs:  # what the Jobs tab shows, read here once, not by every session
-                if row["store"] == "runs":
-                    row["job"] = self._job_status(row["id"])
             discoveries = [dict(row, store=label) for root, label in
                            ((self.pretrained.root, "pretrained"), (self.store.root, "runs"))
                            for row in DiscoveryStore(root).list()]
@@ -142,14 +139,6 @@ class Services:
                                       generations)
             self._snapshot_taken = time.monotonic()
             return self._snapshot
-
-    def _job_status(self, run_id: str) -> dict:
-        """A user run's ETA, device and error (status.json), empty when it cannot be read."""
-        try:
-            status = self.store.get(run_id).status()
-        except (RunError, OSError):  # deleted or damaged meanwhile: its row says so
-            return {}
-        return {k: status.get(k) for k in ("eta_seconds", "device", "error")}
 
     def invalidate(self) -> None:
         """The next :meth:`snapshot` lists afresh (after a submit, delete or launch)."""

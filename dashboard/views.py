@@ -365,15 +365,15 @@ class JobsView(pn.viewable.Viewer):
                     layout=pn.Row(text, progress, cancel, sizing_mode="stretch_width"))
 
     def _update(self, widgets: dict, row: dict) -> None:
-        status = {**row.get("job", {}), "progress": row.get("progress")}
-        eta = status.get("eta_seconds")
-        text = (f"**{row['id']}** · {row['state']} · device {status.get('device') or '?'}"
+        """From the shared listing's row (its status is read once per process, not here)."""
+        eta = row.get("eta_seconds")
+        text = (f"**{row['id']}** · {row['state']} · device {row.get('device') or '?'}"
                 + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) and
                    row["state"] == "running" else "")
-                + (f" · {status.get('error')}" if status.get("error") else ""))
+                + (f" · {row.get('error')}" if row.get("error") else ""))
         if widgets["text"].object != text:
             widgets["text"].object = text
-        value = int(100 * (status.get("progress") or 0))
+        value = int(100 * (row.get("progress") or 0))
         if widgets["progress"].value != value:
             widgets["progress"].value = value
         widgets["cancel"].disabled = row["state"] not in ("queued", "running")

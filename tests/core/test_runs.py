@@ -165,6 +165,19 @@ def test_save_weights_handles_shared_and_strided_tensors(store, dataset):
         run.load_weights()
 
 
+def test_list_rows_carry_what_a_jobs_view_shows(store, dataset):
+    """ETA, device and a failed job's error come with the listing (no second status read)."""
+    running = store.create(SPEC, {}, dataset, run_id="running")
+    running.update_status(state="running", progress=0.5, device="cpu", eta_seconds=12.5)
+    failed = store.create(SPEC, {}, dataset, run_id="failed")
+    failed.update_status(state="failed", error="out of memory")
+    rows = {r["id"]: r for r in store.list()}
+    assert set(rows["running"]) == set(store.ROW_KEYS)
+    assert (rows["running"]["eta_seconds"], rows["running"]["device"]) == (12.5, "cpu")
+    assert rows["running"]["error"] is None
+    assert rows["failed"]["state"] == "failed" and rows["failed"]["error"] == "out of memory"
+
+
 def test_status_updates_merge_and_are_atomic(store, dataset, monkeypatch):
     run = store.create(SPEC, {}, dataset)
     before = run.status()

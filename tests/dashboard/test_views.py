@@ -118,14 +118,13 @@ def test_a_hidden_jobs_tab_changes_nothing_until_shown(state, monkeypatch):
     """An ETA changes every second in every session: a hidden Jobs tab must not re-render its
     rows for it, and must be current as soon as it is shown."""
     jobs = JobsView(state, active=False)
-    row = dict(id="r1", store="runs", state="running", progress=0.25,
-               job=dict(eta_seconds=40.0, device="cpu", error=None))
+    row = dict(id="r1", store="runs", state="running", progress=0.25, eta_seconds=40.0,
+               device="cpu", error=None)
     jobs.poll([row])
     assert jobs.rows.objects == [] and jobs._widgets == {}
-    jobs.poll([dict(row, progress=0.5, job=dict(row["job"], eta_seconds=20.0))])
+    jobs.poll([dict(row, progress=0.5, eta_seconds=20.0)])
     assert jobs._widgets == {}
-    listing = type("Listing", (), dict(runs=[dict(row, progress=0.75,
-                                                 job=dict(row["job"], eta_seconds=10.0))]))
+    listing = type("Listing", (), dict(runs=[dict(row, progress=0.75, eta_seconds=10.0)]))
     monkeypatch.setattr(state.services, "snapshot", lambda *a, **k: listing)
     jobs.active = True  # shown: polls the listing at once
     text = str(jobs._widgets["r1"]["text"].object)
