@@ -463,15 +463,13 @@ def relaxed_scores(model: torch.nn.Module, ds: xr.Dataset, *,
         w.requires_grad_(True)
 
     def per_unit(windows, targets=None):
-        out = []
-        for sim in windows.sims:
-            for a in range(0, len(windows.starts), block):
-                starts = windows.starts[a:a + block]
-                x = torch.stack([windows.velocity[sim, t:t + k].reshape(2 * k, *windows.velocity
-                                                                       .shape[-2:])
-                                 for t in starts])
-                source = windows.velocity if targets is None else targets
-                y = torch.stack([source[sim, t + k] for t in starts])
+        out, n = [], len(windows.starts)
+        for first in range(0, len(windows), n):  # the windows' items run sim by sim
+            for a in range(first, first + n, block):
+                items = range(a, min(a + block, first + n))
+                x = torch.stack([windows[i][0] for i in items])
+                y = torch.stack([windows[i][1][0] for i in items] if targets is None else
+                                [targets[sim, t + k] for sim, t in map(windows.index, items)])
                 loss = ((model(x) - y) ** 2).mean()
                 grads = torch.autograd.grad(loss, weights)
                 out.append(torch.stack([g.detach() for g in grads]).numpy())  # float32
