@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -670,12 +671,16 @@ def _run_discover(args: argparse.Namespace) -> int:
 def _add_execute(commands) -> None:
     p = commands.add_parser("execute", help="(internal) run one queued job of a run store")
     p.add_argument("run_dir")
+    p.add_argument("--nice", type=int, default=0,
+                   help="lower this worker's priority by this much first (os.nice)")
     p.set_defaults(handler=_run_execute)
 
 
 def _run_execute(args: argparse.Namespace) -> int:
     from .jobs import execute_run
 
+    if args.nice > 0:
+        os.nice(args.nice)
     return 0 if execute_run(args.run_dir) == "done" else 1
 
 

@@ -6,7 +6,9 @@ watch it, and a job outlives the client that submitted it:
 
 * ``JobManager(store)`` (local, the default): each job runs ``python -m core execute RUN_DIR`` in
   its own process (its own session, so a crash or out-of-memory cannot take down a server and the
-  job survives the submitter). At most one job per GPU and ``max_cpu_jobs`` CPU jobs run at once;
+  job survives the submitter). CPU jobs run :data:`CPU_WORKER_NICE` steps nicer than the manager's
+  process, so a dashboard training on its own server's cores still answers its users first; on an
+  otherwise idle machine the job runs as fast as before (niceness only orders competing work). At most one job per GPU and ``max_cpu_jobs`` CPU jobs run at once;
   the rest wait in the queue. A queued job that no manager is running any more is picked up by the
   next manager that starts.
 * ``JobManager(store, scheduler="tcp://host:8786")`` or ``scheduler="local"`` (a LocalCluster on
@@ -37,6 +39,10 @@ import xarray as xr
 from .runs import Run, RunStore
 
 CANCEL_FILE = "cancel.request"
+# added to a local CPU worker's niceness: with 20 browser sessions and a training job on two
+# cores the pages come first; training gets what they leave (BENCHMARKS.md, 2026-12-01).
+# GPU workers keep the manager's priority: their CPU thread only feeds the device.
+CPU_WORKER_NICE = 10
 ACTIVE = ("queued", "running")
 FINAL = ("done", "failed", "cancelled")
 
@@ -188,11 +194,14 @@ class JobManager:
             ``distributed.Client``, or "local" for a LocalCluster on 127.0.0.1.
         max_cpu_jobs: local CPU jobs running at once (GPU jobs: one per visible GPU).
         stale_after: seconds without a heartbeat after which a remote "running" job is failed.
+        cpu_nice: niceness added to local CPU workers (0: the manager's own priority).
     """
 
     def __init__(self, store: RunStore | str | os.PathLike, *, scheduler=None,
-                 max_cpu_jobs: int = 1, stale_after: float = 900.0, poll: float = 0.5):
+                 max_cpu_jobs: int = 1, stale_after: float = 900.0, poll: float = 0.5,
+                 cpu_nice: int = CPU_WORKER_NICE):
         self.store = store if isinstance(store, RunStore) else RunStore(store)
+        self.cpu_nice = cpu_nice
         self.max_cpu_jobs, self.stale_after, self.poll = max_cpu_jobs, stale_after, poll
         self._client = self._cluster = None
         self._procs: dict[str, tuple[subprocess.Popen, str]] = {}
@@ -360,9 +369,12 @@ class JobManager:
         if slot.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = slot.split(":")[1]
         run.update_status(state="running", message="starting worker process")
+        nice = [] if slot.startswith("cuda") or self.cpu_nice <= 0 else ["--nice",
+                                                                         str(self.cpu_nice)]
         log = open(run.path / "worker.log", "ab")
         try:
-            return subprocess.Popen([sys.executable, "-m", "core", "execute", str(run.path)],
+            return subprocess.Popen([sys.executable, "-m", "core", "execute", *nice,
+                                     str(run.path)],
                                     stdout=log, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, cwd=str(Path.cwd()))
         finally:

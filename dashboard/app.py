@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from functools import partial
 
-import holoviews as hv
 import panel as pn
 
+from dashboard import plots
 from dashboard.state import ExperimentState, Services
 from dashboard.ticker import Ticker
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, ExperimentPanel,
@@ -25,7 +25,7 @@ class ExplorerApp(pn.viewable.Viewer):
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
         pn.extension("tabulator", "filedropper", notifications=True)
-        hv.extension("bokeh", logo=False)
+        plots.use_bokeh()
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
         # hidden views build nothing until their tab is first shown (cheap sessions)

@@ -24,6 +24,7 @@ __all__ = [
     "flow_panel", "speed", "vorticity", "equivariance_bars", "equivariance_vs_data",
     "sweep_plot", "zero_alpha_position", "runs_table_frame", "message", "TABLE_COLUMNS",
     "discovery_gains", "discovery_maps", "boundary_profile", "discovery_weights", "flow_preview",
+    "use_bokeh",
 ]
 
 PALETTE = tuple(Category10_10)
@@ -823,6 +824,19 @@ def sweep_plot(rows: Sequence[Mapping], metric: str = "future_rmse",
         if max(xs_all) == min(xs_all):  # one alpha: a log axis needs some width around it
             opts["xlim"] = (xs_all[0] / 10, xs_all[0] * 10)
     return hv.Overlay(layers).opts(**opts)
+
+
+# ------------------------------------------------------------------------------------ backend
+def use_bokeh() -> None:
+    """Load HoloViews' Bokeh backend, drawing on plain canvases rather than WebGL (a process-wide
+    renderer setting; the dashboard, its warm-up and the report figures call this).
+
+    Why canvases: these figures are small (fields of at most 64 x 64 cells, a few curves or
+    bars), where WebGL gains nothing, while every WebGL plot is drawn off screen and copied
+    back, in software when the browser has no GPU. Measured, one session's tour: about 10 %
+    less browser CPU without WebGL (BENCHMARKS.md, 2026-12-01)."""
+    hv.extension("bokeh", logo=False)
+    hv.renderer("bokeh").webgl = False
 
 
 # ------------------------------------------------------------------------------------ table

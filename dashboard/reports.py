@@ -19,7 +19,7 @@ from . import plots
 
 def write_figures(results: dict, out: str | Path) -> list[Path]:
     """The reproduce figures for ``results`` (the dict of results.json) into ``out``."""
-    hv.extension("bokeh", logo=False)
+    plots.use_bokeh()
     out = Path(out)
     written = []
     points = [dict(data_error=r["data_error"], model_error=r["model_error"], model=r["model"])

@@ -4,12 +4,18 @@ Imports the plotting stack, creates the process's services and its first shared 
 renders every finished run's tabs once outside any session, so the shared figures and the
 evaluation artifacts (core/evaluation.py) are ready when the class arrives. What is missing is
 computed here, once, not in a student's session.
+
+Then everything the process holds so far (modules, the shared caches: some 800 000 objects) is
+moved out of the garbage collector's sight with :func:`gc.freeze`: it lives as long as the
+process, and each full collection under a class's load would otherwise walk all of it again,
+holding every session's callbacks for about 0.5 s each time (BENCHMARKS.md, 2026-12-01).
 """
+import gc
 import logging
 
-import holoviews as hv
 import panel as pn
 
+from dashboard import plots
 from dashboard.state import ExperimentState, Services
 from dashboard.views import BreakingView, EquivarianceView, RolloutView
 
@@ -17,7 +23,7 @@ log = logging.getLogger("dashboard.warm")
 
 
 def warm() -> None:
-    hv.extension("bokeh", logo=False)
+    plots.use_bokeh()
     services = Services.get()
     state = ExperimentState(services)
     for row in services.catalog():
@@ -32,3 +38,6 @@ def warm() -> None:
 
 
 warm()
+gc.collect()  # what the warm-up left as garbage goes now; the rest is kept for good
+gc.freeze()
+

@@ -144,6 +144,7 @@ class Session:
 
     async def open(self) -> None:
         self.context = await self.browser.new_context(viewport={"width": 1500, "height": 1000})
+        await self.context.add_init_script(READY_PROBE)
         self.page = page = await self.context.new_page()
         page.on("console", lambda m: m.type == "error" and self._error(m.text))
         page.on("pageerror", lambda e: self._error(str(e)))
@@ -164,14 +165,10 @@ class Session:
 
     async def _ready(self, tab: str) -> None:
         text, plots = READY[tab]
-        await self.page.get_by_text(text).first.wait_for(state="visible",
-                                                         timeout=self.timeout * 1000)
-        if plots:
-            await self.page.wait_for_function("n => window.__visibleCanvases() >= n", arg=plots,
-                                              timeout=self.timeout * 1000)
+        await self.page.wait_for_function("([t, n]) => window.__ready(t, n)", arg=[text, plots],
+                                          polling=POLL_MS, timeout=self.timeout * 1000)
 
     async def tour(self) -> None:
-        await self.page.evaluate(VISIBLE_CANVASES)
         for tab in TOUR:
             self.stage = f"tour: {tab}"
             start = time.perf_counter()
@@ -185,14 +182,23 @@ class Session:
         await self.context.close()
 
 
-# counts drawn plot canvases that are visible, looking into Bokeh's shadow roots
-VISIBLE_CANVASES = """() => { window.__visibleCanvases = () => {
-  let n = 0;
+# "on screen", checked in the page every POLL_MS: a visible element whose own text holds the
+# tab's text and enough drawn, visible plot canvases, looking into Bokeh's shadow roots. Polled on
+# a timer, not on every animation frame (Playwright's default): 20 pages walking their DOM 60
+# times a second took CPU from the very sessions being timed (BENCHMARKS.md, 2026-12-01).
+POLL_MS = 100
+READY_PROBE = """window.__ready = (text, plots) => {
+  let found = false, canvases = 0;
+  const shown = (el) => el.offsetParent !== null && el.getClientRects().length > 0;
   const walk = (root) => { for (const el of root.querySelectorAll('*')) {
-      if (el.tagName === 'CANVAS' && el.width > 0 && el.offsetParent !== null) {
-        const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) n++; }
+      if (!found && el.textContent.includes(text) && shown(el)
+          && ![...el.children].some((c) => c.textContent.includes(text)))
+        found = true;  // the innermost element holding the text
+      if (plots && el.tagName === 'CANVAS' && el.width > 0 && shown(el)) {
+        const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) canvases++; }
       if (el.shadowRoot) walk(el.shadowRoot); } };
-  walk(document); return n; }; }"""
+  walk(document);
+  return found && canvases >= plots; };"""
 
 # listens for the slider's input events and the document changes the server sends back
 LATENCY_PROBE = """() => {
@@ -433,11 +439,13 @@ def report(r: dict) -> str:
 
 def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
-        unused_session_ms: int | None = None, say=print) -> dict:
+        unused_session_ms: int | None = None, say=print,
+        log: str | os.PathLike | None = None) -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
     shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
-    ``unused_session_ms`` shortens the server's session lifetime (default: dashboard.serve's)."""
+    ``unused_session_ms`` shortens the server's session lifetime (default: dashboard.serve's);
+    ``log``: where to keep the server's log (default: removed with the test's folder)."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not Path(CHROMIUM).exists():
@@ -451,6 +459,8 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
                                                  Path(cwd), unused_session_ms, say)).result()
     finally:
+        if log is not None and (work / "server.log").exists():
+            shutil.copyfile(work / "server.log", log)
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -462,9 +472,10 @@ def main(argv=None) -> int:
     p.add_argument("--moves", type=int, default=20, help="slider moves for the latency")
     p.add_argument("--data", default=None, help="data folder (default: the project's data/)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
+    p.add_argument("--log", default=None, metavar="PATH", help="keep the server's log here")
     args = p.parse_args(argv)
     try:
-        result = run(args.sessions, args.timeout, args.moves, args.data)
+        result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -82,6 +82,30 @@ def test_cancel_running_and_queued_jobs(tmp_path, data_path):
         manager.shutdown()
 
 
+def test_cpu_workers_yield_to_the_process_that_started_them(tmp_path, data_path):
+    """A local CPU job runs CPU_WORKER_NICE steps nicer than its manager (so a server training
+    on its own cores answers users first); cpu_nice=0 keeps the manager's priority."""
+    import os
+
+    from core.jobs import CPU_WORKER_NICE
+
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    for cpu_nice, expected in ((CPU_WORKER_NICE, min(19, own + CPU_WORKER_NICE)), (0, own)):
+        manager = JobManager(tmp_path / str(cpu_nice), poll=0.1, cpu_nice=cpu_nice)
+        try:
+            run_id = manager.submit(MODEL, dict(TRAINING, epochs=200, batches_per_epoch=50),
+                                    data_path)
+            deadline = time.time() + 60
+            while manager.status(run_id).get("epoch") is None and time.time() < deadline:
+                time.sleep(0.1)
+            pid = manager.status(run_id)["pid"]
+            assert os.getpriority(os.PRIO_PROCESS, pid) == expected
+            manager.cancel(run_id)
+            assert manager.wait(run_id, timeout=60)["state"] == "cancelled"
+        finally:
+            manager.shutdown()
+
+
 def test_runs_left_running_by_a_dead_worker_are_failed_on_start(tmp_path, data_path):
     store = RunStore(tmp_path)
     run = store.create(MODEL, TRAINING, str(data_path))
