@@ -6,10 +6,11 @@ watch it, and a job outlives the client that submitted it:
 
 * ``JobManager(store)`` (local, the default): each job runs ``python -m core execute RUN_DIR`` in
   its own process (its own session, so a crash or out-of-memory cannot take down a server and the
-  job survives the submitter). CPU jobs run :data:`CPU_WORKER_NICE` steps nicer than the manager's
-  process, so a dashboard training on its own server's cores still answers its users first; on an
-  otherwise idle machine the job runs as fast as before (niceness only orders competing work). At most one job per GPU and ``max_cpu_jobs`` CPU jobs run at once;
-  the rest wait in the queue. A queued job that no manager is running any more is picked up by the
+  job survives the submitter). CPU jobs run :data:`CPU_WORKER_NICE` steps nicer than the
+  manager's process, so a dashboard training on its own server's cores still answers its users
+  first; on an otherwise idle machine the job runs as fast as before (niceness only orders
+  competing work). At most one job per GPU and ``max_cpu_jobs`` CPU jobs run at once; the rest
+  wait in the queue. A queued job that no manager is running any more is picked up by the
   next manager that starts.
 * ``JobManager(store, scheduler="tcp://host:8786")`` or ``scheduler="local"`` (a LocalCluster on
   127.0.0.1): jobs run on the cluster's workers as fire-and-forget tasks; the workers must see the
@@ -369,8 +370,7 @@ class JobManager:
         if slot.startswith("cuda:"):
             env["CUDA_VISIBLE_DEVICES"] = slot.split(":")[1]
         run.update_status(state="running", message="starting worker process")
-        nice = [] if slot.startswith("cuda") or self.cpu_nice <= 0 else ["--nice",
-                                                                         str(self.cpu_nice)]
+        nice = ["--nice", str(self.cpu_nice)] if slot == "cpu" and self.cpu_nice > 0 else []
         log = open(run.path / "worker.log", "ab")
         try:
             return subprocess.Popen([sys.executable, "-m", "core", "execute", *nice,

@@ -40,4 +40,3 @@ def warm() -> None:
 warm()
 gc.collect()  # what the warm-up left as garbage goes now; the rest is kept for good
 gc.freeze()
-
