@@ -43,6 +43,33 @@ def test_page_loads_with_shipped_runs_and_no_console_errors(page):
     assert page.console_errors == [], "\n".join(page.console_errors)
 
 
+def test_one_session_clicking_sends_nothing_to_another(browser, dashboard_url):
+    """Sessions are independent: a click in one page makes the server send nothing to another.
+    (Panel's template busy spinner follows one process-wide flag, so with it every callback of
+    every session was pushed to every open page and set its spinner going; the app has none.)
+    Runs before any test trains, so the shared listing, the only thing pushed to all, is still."""
+    pages = []
+    for _ in range(2):
+        context = browser.new_context(viewport={"width": 1500, "height": 1000})
+        page = context.new_page()
+        page.frames_in = []
+        page.on("websocket", lambda ws, page=page: ws.on(
+            "framereceived", lambda frame: page.frames_in.append(frame)))
+        page.goto(dashboard_url)
+        _wait_text(page, "rotation-rgroup-C4", timeout=60)
+        pages.append(page)
+    clicker, other = pages
+    time.sleep(2)  # the other page's own start-up messages are done
+    before = len(other.frames_in)
+    for tab in ("Symmetry breaking", "Equivariance", "Runs"):
+        clicker.get_by_text(tab, exact=True).first.click()
+        time.sleep(1)
+    assert len(clicker.frames_in) > 0
+    assert len(other.frames_in) == before, other.frames_in[before:][:3]
+    for page in pages:
+        page.context.close()
+
+
 def test_changing_the_group_offers_only_valid_models(page):
     group = page.locator("select").filter(has=page.locator("option", has_text="SO2"))
     group.select_option("SO2")
