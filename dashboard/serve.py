@@ -10,7 +10,11 @@ One place for the server's settings (the load test uses the same):
   :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`), their objects freed for
   later sessions (the process does not hand the memory back to the system: BENCHMARKS.md); a
   callback pool of :data:`THREADS` threads;
-* loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network.
+* loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network;
+* when the last session has closed the server collects garbage and trims its heap
+  (:func:`dashboard.ticker.release_memory`); ``--release-memory`` starts it with Python's
+  small objects in the C allocator (:func:`server_env`) so that this hands most of a class's
+  memory back to the system, at some server CPU per session (BENCHMARKS.md).
 
 Extra arguments after ``--`` go to ``panel serve`` unchanged (e.g. ``-- --admin``).
 """
@@ -52,6 +56,17 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
     return cmd + list(extra or [])
 
 
+def server_env(release_memory: bool = False, base: dict | None = None) -> dict:
+    """The server process's environment: ``base`` (default: this process's), with
+    ``PYTHONMALLOC=malloc`` when ``release_memory``. Python's own allocator is faster for the
+    many small objects a session builds but keeps each 1 MiB arena while one object lives in it,
+    so a server that served a class stays near its peak memory (reused by later sessions)."""
+    env = dict(os.environ if base is None else base)
+    if release_memory:
+        env["PYTHONMALLOC"] = "malloc"
+    return env
+
+
 def precompute_shipped() -> None:
     """Every finished run's analyses, in the shipped and the user's run stores."""
     from core.evaluation import precompute
@@ -77,12 +92,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="server processes (panel --num-procs)")
     p.add_argument("--no-precompute", action="store_true",
                    help="start at once; sessions compute missing analyses on first use")
+    p.add_argument("--release-memory", action="store_true",
+                   help="hand a class's memory back to the system when its sessions have closed "
+                        "(Python's small objects in the C allocator: some CPU per session)")
     args = p.parse_args(argv)
     if not args.no_precompute:
         print("precomputing the runs' analyses (once; quick when they exist) ...", flush=True)
         precompute_shipped()
     cmd = panel_command(args.address, args.port, args.origin, args.procs, extra)
-    os.execv(sys.executable, cmd)
+    os.execve(sys.executable, cmd, server_env(args.release_memory))
     return 0  # pragma: no cover - execv does not return
 
 

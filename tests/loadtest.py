@@ -76,14 +76,15 @@ class Server:
     """``panel serve`` as dashboard.serve runs it, in its own process group."""
 
     def __init__(self, data: Path, runs: Path, log: Path, cwd: Path = ROOT,
-                 unused_session_ms: int | None = None):
-        from dashboard.serve import UNUSED_SESSION_MS, panel_command, precompute_shipped
+                 unused_session_ms: int | None = None, release_memory: bool = False):
+        from dashboard.serve import (UNUSED_SESSION_MS, panel_command, precompute_shipped,
+                                     server_env)
 
         self.unused_session_ms = unused_session_ms or UNUSED_SESSION_MS
         self.port = _free_port()
-        env = dict(os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT),
-                                                            os.environ.get("PYTHONPATH")])))
+        env = server_env(release_memory, dict(
+            os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
         saved = {k: os.environ.get(k) for k in ("REE_DATA", "REE_RUNS")}
         os.environ.update(REE_DATA=str(data), REE_RUNS=str(runs))
         here = Path.cwd()
@@ -287,11 +288,12 @@ def _stats(values):
 
 
 async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
-               unused_session_ms: int | None, say) -> dict:
+               unused_session_ms: int | None, say, release_memory: bool) -> dict:
     from playwright.async_api import async_playwright
 
-    server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms)
-    result = dict(sessions=n, machine=_machine())
+    server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms,
+                    release_memory)
+    result = dict(sessions=n, machine=_machine(), release_memory=release_memory)
     try:
         result["rss_mb"] = {"idle": server.rss()}
         async with async_playwright() as pw:
@@ -346,9 +348,10 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
                                  return_exceptions=True)
             await browser.close()
         from dashboard.serve import CHECK_SESSIONS_MS
+        from dashboard.ticker import RELEASE_DELAY_S
 
         check = min(CHECK_SESSIONS_MS, server.unused_session_ms)
-        time.sleep((server.unused_session_ms + 2 * check) / 1000 + 3)
+        time.sleep((server.unused_session_ms + 2 * check) / 1000 + RELEASE_DELAY_S + 3)
         result["rss_mb"]["after close"] = server.rss()
     finally:
         for child in _children(server.pid):  # the training worker, if still running
@@ -407,7 +410,8 @@ def _check(r: dict) -> dict:
 
 def report(r: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = [f"load test: {r['sessions']} sessions on {r['machine']}",
+    lines = [f"load test: {r['sessions']} sessions on {r['machine']}"
+             + (" (server started with --release-memory)" if r.get("release_memory") else ""),
              f"one session alone: first screen {fmt(r['single']['times'].get('first screen'))} s; "
              + ", ".join(f"{t} {fmt(r['single']['times'].get(t))} s" for t in TOUR)
              + f"; server CPU {fmt(r['single']['cpu_first_screen_s'])} s to first screen, "
@@ -440,12 +444,13 @@ def report(r: dict) -> str:
 def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
         unused_session_ms: int | None = None, say=print,
-        log: str | os.PathLike | None = None) -> dict:
+        log: str | os.PathLike | None = None, release_memory: bool = False) -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
     shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
     ``unused_session_ms`` shortens the server's session lifetime (default: dashboard.serve's);
-    ``log``: where to keep the server's log (default: removed with the test's folder)."""
+    ``log``: where to keep the server's log (default: removed with the test's folder);
+    ``release_memory``: serve as ``python -m dashboard.serve --release-memory`` does."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not Path(CHROMIUM).exists():
@@ -457,7 +462,8 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         # in a thread of its own: pytest may already run an event loop here (sync Playwright)
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
-                                                 Path(cwd), unused_session_ms, say)).result()
+                                                 Path(cwd), unused_session_ms, say,
+                                                 release_memory)).result()
     finally:
         if log is not None and (work / "server.log").exists():
             shutil.copyfile(work / "server.log", log)
@@ -473,9 +479,12 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="data folder (default: the project's data/)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     p.add_argument("--log", default=None, metavar="PATH", help="keep the server's log here")
+    p.add_argument("--release-memory", action="store_true",
+                   help="serve as `python -m dashboard.serve --release-memory` does")
     args = p.parse_args(argv)
     try:
-        result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log)
+        result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log,
+                     release_memory=args.release_memory)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
