@@ -251,9 +251,10 @@ def weights_heatmaps(analysis: xr.Dataset,
                      boundary_x: float | None = None) -> hv.Layout | hv.Element:
     """Relaxed weights of every layer, from :func:`core.analysis.breaking_analysis`.
 
-    * "group": one HeatMap per layer, x = group elements (group order), y = bank, colour =
-      ``w - mean over elements`` of that bank on a diverging map with limits ``±max|dev|``
-      (a symmetric layer is uniformly white); hover shows the raw weight too.
+    * "group": one HeatMap, x = group elements (group order), y = layer · bank (first layer
+      on top), colour = ``w - mean over elements`` of that bank divided by the layer's
+      half-range ``max|dev|`` (at least rounding level), on a diverging map from -1 to 1: a
+      symmetric layer is uniformly white; hover shows the deviation, raw weight and score.
     * "translation": one Image per layer and bank of ``w(x, y)`` (cells, y up), diverging
       colours symmetric about the map's mean; ``boundary_x`` draws a dashed vertical line at a
       known breaking location.
@@ -281,39 +282,44 @@ def weights_heatmaps(analysis: xr.Dataset,
     return message("n/a: no relaxed-weight analysis", "relaxed weights")
 
 
-def _group_heatmaps(analysis: xr.Dataset) -> hv.Layout | hv.Element:
+def _group_heatmaps(analysis: xr.Dataset) -> hv.HeatMap | hv.Element:
+    """All layers in one HeatMap: a row per (layer, bank), a column per group element, each
+    layer's deviations divided by that layer's colour half-range (one plot instead of one per
+    layer: a tab of four heatmaps cost every session four Bokeh figures)."""
     w = analysis["weights"].transpose("layer", "bank", "element")
     elements = [str(e) for e in w["element"].values]
     banks = [str(b) for b in w["bank"].values]
     scores = analysis["breaking_score"].values if "breaking_score" in analysis else None
-    kdims = [hv.Dimension("element", label="group element"), hv.Dimension("bank")]
-    vdims = [hv.Dimension("deviation", label="w − mean over elements"),
-             hv.Dimension("weight", label="weight w")]
-    panels = []
+    kdims = [hv.Dimension("element", label="group element"),
+             hv.Dimension("row", label="layer · bank")]
+    vdims = [hv.Dimension("relative", label="(w − mean) / layer's largest |w − mean|"),
+             hv.Dimension("deviation", label="w − mean over elements"),
+             hv.Dimension("weight", label="weight w"),
+             hv.Dimension("score", label="layer's breaking score")]
+    rows = []
     for i, layer in enumerate(w["layer"].values):
         raw = _floats(w.values[i])
-        rows, devs = [], []
+        devs = {}
         for j, bank in enumerate(banks):
             finite = np.isfinite(raw[j])
-            if not finite.any():  # NaN pads layers with fewer banks
-                continue
-            dev = raw[j] - raw[j][finite].mean()
-            devs.append(dev)
-            rows += [(e, bank, float(dev[k]), float(raw[j, k]))
-                     for k, e in enumerate(elements) if finite[k]]
-        title = f"{layer}: deviation from equal weights"
-        if scores is not None:
-            title += f" (score {_score(scores[i])})"
-        if not rows:
-            panels.append(message("n/a: no finite weights", str(layer)))
+            if finite.any():  # NaN pads layers with fewer banks
+                devs[j] = (raw[j] - raw[j][finite].mean(), finite)
+        if not devs:
             continue
-        half = _half_range(np.concatenate(devs), _peak(raw))
-        panels.append(hv.HeatMap(rows, kdims=kdims, vdims=vdims).opts(
-            cmap=DIVERGING, clim=(-half, half), colorbar=True, tools=["hover"], title=title,
-            xlabel="group element", ylabel="bank", **_SIZE))
-    if not panels:
-        return message("n/a: no layers", "relaxed weights")
-    return _layout(panels, 2)
+        half = _half_range(np.concatenate([d for d, _ in devs.values()]), _peak(raw))
+        score = float(scores[i]) if scores is not None else float("nan")
+        for j, (dev, finite) in devs.items():
+            label = f"{layer} · bank {banks[j]}"
+            rows += [(e, label, float(dev[k]) / half, float(dev[k]), float(raw[j, k]), score)
+                     for k, e in enumerate(elements) if finite[k]]
+    if not rows:
+        return message("n/a: no finite weights", "relaxed weights")
+    title = "relaxed weights: deviation from equal weights, each layer to its own scale"
+    height = max(_SIZE["min_height"], 60 + 28 * len({r[1] for r in rows}))
+    return hv.HeatMap(rows, kdims=kdims, vdims=vdims).opts(
+        cmap=DIVERGING, clim=(-1.0, 1.0), colorbar=True, tools=["hover"], title=title,
+        xlabel="group element", ylabel="layer · bank", invert_yaxis=True,
+        **dict(_SIZE, min_height=height))
 
 
 def _translation_maps(analysis: xr.Dataset, boundary_x: float | None) -> hv.Layout | hv.Element:
@@ -724,8 +730,11 @@ def equivariance_bars(err: xr.Dataset | xr.DataArray | None) -> hv.Element:
 def equivariance_vs_data(points: Sequence[Mapping]) -> hv.Overlay:
     """Model against data equivariance error (the paper's Figure 4).
 
-    ``points``: dicts with ``data_error``, ``model_error`` (relative) and ``model`` (name); one
-    curve with markers per model, sorted by data error, and a dashed y = x reference.
+    ``points``: dicts with ``data_error``, ``model_error`` (relative) and ``model`` (name); per
+    model a line through its points sorted by data error (Segments between consecutive
+    points), the points coloured by model, and a dashed y = x reference. All models share one
+    line glyph and one marker glyph (a glyph per model cost every session's page two Bokeh
+    renderers per model).
     """
     title = "model vs data equivariance error (dashed: y = x)"
     by_model: dict[str, list[tuple[float, float]]] = {}
@@ -739,13 +748,21 @@ def equivariance_vs_data(points: Sequence[Mapping]) -> hv.Overlay:
         return hv.Overlay([message("n/a: no finite (data, model) error pairs", title)])
     kdim = hv.Dimension("data_error", label="data equivariance error")
     vdim = hv.Dimension("model_error", label="model equivariance error")
-    layers = []
-    for i, (name, pts) in enumerate(by_model.items()):
+    colors = {name: _color(i) for i, name in enumerate(by_model)}
+    table, steps = [], []
+    for name, pts in by_model.items():
         pts = sorted(pts)
-        layers += [hv.Curve(pts, kdim, vdim, label=name).opts(color=_color(i), tools=["hover"]),
-                   hv.Scatter(pts, kdim, vdim, label=name).opts(color=_color(i), size=7,
-                                                                tools=["hover"])]
-    layers.append(hv.Slope(1, 0).opts(color="grey", line_dash="dashed", line_width=1))
+        table += [(d, m, name) for d, m in pts]
+        steps += [(*a, *b, name) for a, b in zip(pts, pts[1:])]
+    # the lines as segments between a model's consecutive points: a table, one glyph
+    ends = [hv.Dimension(n, label=d.label) for n, d in
+            (("data_error", kdim), ("model_error", vdim), ("data_error_to", kdim),
+             ("model_error_to", vdim))]
+    layers = [hv.Segments(steps, ends, ["model"]).opts(color="model", cmap=colors, line_width=2,
+                                                       show_legend=False),
+              hv.Scatter(table, kdim, [vdim, "model"]).opts(
+                  color="model", cmap=colors, size=7, tools=["hover"], show_legend=True),
+              hv.Slope(1, 0).opts(color="grey", line_dash="dashed", line_width=1)]
     return hv.Overlay(layers).opts(
         title=title, xlabel="data equivariance error (relative)",
         ylabel="model equivariance error (relative)", padding=0.05, legend_position="top_left",

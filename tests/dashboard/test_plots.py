@@ -67,35 +67,45 @@ def inputs(ds):
 
 
 # ------------------------------------------------------------------------------------ weights
-def test_group_heatmaps_per_layer_in_group_order(trained):
+def _layer_rows(hm, layer: str) -> np.ndarray:
+    """The HeatMap's rows of one layer as a mask over its points."""
+    return np.array([r.startswith(f"{layer} · ") for r in hm.dimension_values("row")])
+
+
+def test_group_heatmap_has_a_row_per_layer_and_bank_in_group_order(trained):
     analysis = breaking_analysis(trained[0])
-    layout = plots.weights_heatmaps(analysis)
-    assert isinstance(layout, hv.Layout) and len(layout) == analysis.sizes["layer"]
-    for i, hm in enumerate(layout.values()):
-        assert isinstance(hm, hv.HeatMap)
-        assert [d.name for d in hm.kdims] == ["element", "bank"]
-        assert [d.name for d in hm.vdims] == ["deviation", "weight"]
-        lo, hi = clim(hm)
-        assert hi > 0 and lo == -hi
-        dev = hm.dimension_values("deviation")
-        assert np.abs(dev).max() <= hi
+    hm = plots.weights_heatmaps(analysis)
+    assert isinstance(hm, hv.HeatMap)
+    assert [d.name for d in hm.kdims] == ["element", "row"]
+    assert [d.name for d in hm.vdims] == ["relative", "deviation", "weight", "score"]
+    assert clim(hm) == (-1.0, 1.0)
+    for i, layer in enumerate(analysis["layer"].values):
+        rows = _layer_rows(hm, str(layer))
         raw = analysis["weights"].values[i]
-        np.testing.assert_allclose(np.sort(hm.dimension_values("weight")), np.sort(raw.ravel()))
+        dev = hm.dimension_values("deviation")[rows]
+        np.testing.assert_allclose(np.sort(hm.dimension_values("weight")[rows]),
+                                   np.sort(raw.ravel()))
         np.testing.assert_allclose(dev.reshape(2, 4), raw - raw.mean(1, keepdims=True),
                                    atol=1e-12)
-    plot = render(layout.values()[0])
+        # each layer fills the colour scale by itself: its largest deviation sits at ±1
+        relative = hm.dimension_values("relative")[rows]
+        assert np.abs(relative).max() == pytest.approx(1.0)
+        np.testing.assert_allclose(relative * np.abs(dev).max(), dev, atol=1e-12)
+        np.testing.assert_allclose(hm.dimension_values("score")[rows],
+                                   analysis["breaking_score"].values[i])
+    plot = render(hm)
     assert list(plot.x_range.factors) == ["rot0", "rot90", "rot180", "rot270"]
-    assert plot.sizing_mode == "stretch_both" and plot.min_height == 250
+    assert list(plot.y_range.factors)[-1] == "layers.0 · bank 0", "first layer on top"
+    assert plot.sizing_mode == "stretch_both" and plot.min_height >= 250
 
 
 def test_symmetric_layer_has_zero_deviation_and_a_white_colour_scale():
-    analysis = breaking_analysis(small("rgroup", "D4"))  # built exactly symmetric
-    for hm in plots.weights_heatmaps(analysis).values():
-        assert np.all(hm.dimension_values("deviation") == 0)
-        lo, hi = clim(hm)
-        assert hi > 0 and lo == -hi
-        # zero sits at the centre of the diverging palette: a uniform white map
-        assert (0 - lo) / (hi - lo) == 0.5
+    hm = plots.weights_heatmaps(breaking_analysis(small("rgroup", "D4")))  # exactly symmetric
+    assert np.all(hm.dimension_values("deviation") == 0)
+    assert np.all(hm.dimension_values("relative") == 0)
+    lo, hi = clim(hm)
+    # zero sits at the centre of the diverging palette: a uniform white map
+    assert (0 - lo) / (hi - lo) == 0.5
 
 
 def test_rounding_level_deviation_stays_white_but_real_breaking_fills_the_scale():
@@ -104,10 +114,10 @@ def test_rounding_level_deviation_stays_white_but_real_breaking_fills_the_scale(
     with torch.no_grad():
         weights["layers.0"][0, 0] += 1e-9
         weights["layers.1"][1, 2] += 0.3
-    layout = plots.weights_heatmaps(breaking_analysis(model))
-    first, second = layout.values()[:2]
-    assert clim(first)[1] >= 1e3 * np.abs(first.dimension_values("deviation")).max()
-    assert clim(second)[1] == pytest.approx(np.abs(second.dimension_values("deviation")).max())
+    hm = plots.weights_heatmaps(breaking_analysis(model))
+    relative = np.abs(hm.dimension_values("relative"))
+    assert relative[_layer_rows(hm, "layers.0")].max() <= 1e-3
+    assert relative[_layer_rows(hm, "layers.1")].max() == pytest.approx(1.0)
 
 
 def test_translation_maps_are_y_up_with_limits_about_the_mean_and_a_boundary():
@@ -293,12 +303,21 @@ def test_equivariance_vs_data_has_a_curve_per_model_and_a_reference(ds, trained,
               dict(data_error=data, model_error=strict, model="gconv"),
               dict(data_error=math.nan, model_error=0.1, model="gconv"), {}]
     overlay = plots.equivariance_vs_data(points)
-    assert [c.label for c in overlay if isinstance(c, hv.Curve)] == ["rgroup", "gconv"]
+    steps = next(el for el in overlay if isinstance(el, hv.Segments))
+    # rgroup's two points joined in order of data error; gconv's single point has no line
+    assert list(steps.dimension_values("model")) == ["rgroup"]
+    assert steps.dframe()[["data_error", "data_error_to"]].values.tolist() == [[0.0, data]]
+    dots = next(el for el in overlay if isinstance(el, hv.Scatter))
+    assert list(dots.dimension_values("model")) == ["rgroup", "rgroup", "gconv"]  # NaN left out
     slope = [el for el in overlay if isinstance(el, hv.Slope)]
     assert len(slope) == 1 and slope[0].slope == 1 and slope[0].y_intercept == 0
-    assert len(overlay.get(2)) == 1  # the NaN point is left out
     assert isinstance(plots.equivariance_vs_data([]).get(0), hv.Text)
-    render(overlay)
+    plot = render(overlay)
+    lines_color, dots_color = (r.glyph for r in plot.renderers[:2])
+    mapper = dots_color.fill_color.transform
+    assert list(mapper.factors) == ["rgroup", "gconv"]
+    # the lines are coloured by the markers' model colours
+    assert lines_color.line_color.transform.palette == mapper.palette
 
 
 # ------------------------------------------------------------------------------------ sweeps
