@@ -467,6 +467,8 @@ class RunsCatalog(pn.viewable.Viewer):
                 self._apply_selection(kept)
         if not self._opened and ids:  # open on a finished run; later the user decides
             done = [i for i, r in enumerate(rows) if r["state"] == "done"]
+            # a relaxed one first: the app's first picture is its learned symmetry breaking
+            done.sort(key=lambda i: rows[i]["model"] not in STRICT_OF)
             if done and not self.state.selected_runs:
                 self.table.selection = done[:1]
             self._opened = bool(done)

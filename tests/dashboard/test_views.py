@@ -7,7 +7,7 @@ import pytest
 
 from core.datasets import generate, save_dataset
 from core.errors import SpecError
-from dashboard.state import ExperimentState, Services, alpha_value, valid_models
+from dashboard.state import STRICT_OF, ExperimentState, Services, alpha_value, valid_models
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, JobsView,
                              RolloutView, RunsCatalog, SweepView)
 
@@ -70,6 +70,8 @@ def test_catalog_lists_shipped_runs_and_selects_one(state):
     catalog.poll()
     assert "rotation-rgroup-C4" in list(catalog.table.value.index)
     assert len(state.selected_runs) == 1
+    # it opens on a run with relaxed weights (listed after rotation-conv): a breaking picture
+    assert state.selected_runs[0].split("-")[1] in STRICT_OF
 
 
 @pytest.mark.parametrize("view", [BreakingView, EquivarianceView, SweepView])
