@@ -103,7 +103,7 @@ class ExplorerApp(pn.viewable.Viewer):
         # Bootstrap: all resources are served locally (the Fast design fetches web fonts).
         # No busy spinner: Panel's follows one flag for the whole process, so every callback of
         # any session was sent to every open page and set all their spinners going (at N = 20
-        # first screen 21 -> 18 s, latency p95 2.7 -> 1.0 s without it; BENCHMARKS.md).
+        # the pages' tour work 79 -> 64 core-s, latency p95 2.7 -> 0.3-1.0 s; BENCHMARKS.md).
         self.start()
         return pn.template.BootstrapTemplate(title=TITLE, sidebar=[self.experiment],
                                             main=[self.tabs], sidebar_width=340,
