@@ -300,7 +300,7 @@ def _group_heatmaps(analysis: xr.Dataset) -> hv.HeatMap | hv.Element:
     for i, layer in enumerate(w["layer"].values):
         raw = _floats(w.values[i])
         devs = {}
-        for j, bank in enumerate(banks):
+        for j in range(len(banks)):
             finite = np.isfinite(raw[j])
             if finite.any():  # NaN pads layers with fewer banks
                 devs[j] = (raw[j] - raw[j][finite].mean(), finite)

@@ -8,8 +8,7 @@ One place for the server's settings (the load test uses the same):
   server process, so no student's session pays for it;
 * sessions whose page has not connected, or that were closed, are dropped after
   :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`), their objects freed for
-  later sessions (the process does not hand the memory back to the system: BENCHMARKS.md); a
-  callback pool of :data:`THREADS` threads;
+  later sessions; a callback pool of :data:`THREADS` threads;
 * loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network;
 * when the last session has closed the server collects garbage and trims its heap
   (:func:`dashboard.ticker.release_memory`); ``--release-memory`` starts it with Python's
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         precompute_shipped()
     cmd = panel_command(args.address, args.port, args.origin, args.procs, extra)
     os.execve(sys.executable, cmd, server_env(args.release_memory))
-    return 0  # pragma: no cover - execv does not return
+    return 0  # pragma: no cover - execve does not return
 
 
 if __name__ == "__main__":

@@ -36,10 +36,11 @@ between group elements (rotations/reflections), pixels (translation) or kernel o
 (steerable). Equal weights mean the layer is exactly symmetric. The heatmaps show each layer's
 weights *minus their mean* (for a group, one row per layer and bank, each layer scaled to its own
 largest deviation; hover for the raw values): white everywhere = no symmetry breaking; colour
-shows where the trained model chose to break the symmetry. The bars split each layer's weights into the group's
-irreducible representations: energy outside *trivial* is symmetry breaking, and which irrep
-carries it names the broken symmetry (e.g. *sign* on C4 = a period-2 pattern, what a square
-squeezed into a rectangle would show). The breaking score is the non-trivial share of the energy.
+shows where the trained model chose to break the symmetry. The bars split each layer's weights
+into the group's irreducible representations: energy outside *trivial* is symmetry breaking, and
+which irrep carries it names the broken symmetry (e.g. *sign* on C4 = a period-2 pattern, what a
+square squeezed into a rectangle would show). The breaking score is the non-trivial share of the
+energy.
 For translation models the maps show the learned per-pixel weights; the dashed line marks the
 dataset's known buoyancy boundary.
 """
