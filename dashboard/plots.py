@@ -251,10 +251,11 @@ def weights_heatmaps(analysis: xr.Dataset,
                      boundary_x: float | None = None) -> hv.Layout | hv.Element:
     """Relaxed weights of every layer, from :func:`core.analysis.breaking_analysis`.
 
-    * "group": one HeatMap, x = group elements (group order), y = layer · bank (first layer
-      on top), colour = ``w - mean over elements`` of that bank divided by the layer's
-      half-range ``max|dev|`` (at least rounding level), on a diverging map from -1 to 1: a
-      symmetric layer is uniformly white; hover shows the deviation, raw weight and score.
+    * "group": one HeatMap, x = group elements (group order), y = layer (its breaking score)
+      · bank, first layer on top; colour = ``w - mean over elements`` of that bank divided by
+      the layer's half-range ``max|dev|`` (at least rounding level), on a diverging map from
+      -1 to 1: a symmetric layer is uniformly white; hover shows the deviation, raw weight and
+      score.
     * "translation": one Image per layer and bank of ``w(x, y)`` (cells, y up), diverging
       colours symmetric about the map's mean; ``boundary_x`` draws a dashed vertical line at a
       known breaking location.
@@ -308,8 +309,10 @@ def _group_heatmaps(analysis: xr.Dataset) -> hv.HeatMap | hv.Element:
             continue
         half = _half_range(np.concatenate([d for d, _ in devs.values()]), _peak(raw))
         score = float(scores[i]) if scores is not None else float("nan")
+        # the score in the label: a layer that barely breaks still fills its own colour scale
+        name = f"{layer} ({_score(score)})" if scores is not None else str(layer)
         for j, (dev, finite) in devs.items():
-            label = f"{layer} · bank {banks[j]}"
+            label = f"{name} · bank {banks[j]}"
             rows += [(e, label, float(dev[k]) / half, float(dev[k]), float(raw[j, k]), score)
                      for k, e in enumerate(elements) if finite[k]]
     if not rows:
@@ -318,7 +321,7 @@ def _group_heatmaps(analysis: xr.Dataset) -> hv.HeatMap | hv.Element:
     height = max(_SIZE["min_height"], 60 + 28 * len({r[1] for r in rows}))
     return hv.HeatMap(rows, kdims=kdims, vdims=vdims).opts(
         cmap=DIVERGING, clim=(-1.0, 1.0), colorbar=True, tools=["hover"], title=title,
-        xlabel="group element", ylabel="layer · bank", invert_yaxis=True,
+        xlabel="group element", ylabel="layer (breaking score) · bank", invert_yaxis=True,
         **dict(_SIZE, min_height=height))
 
 
@@ -754,10 +757,10 @@ def equivariance_vs_data(points: Sequence[Mapping]) -> hv.Overlay:
         pts = sorted(pts)
         table += [(d, m, name) for d, m in pts]
         steps += [(*a, *b, name) for a, b in zip(pts, pts[1:])]
-    # the lines as segments between a model's consecutive points: a table, one glyph
-    ends = [hv.Dimension(n, label=d.label) for n, d in
-            (("data_error", kdim), ("model_error", vdim), ("data_error_to", kdim),
-             ("model_error_to", vdim))]
+    # the lines as segments between a model's consecutive points: a table, one glyph (each
+    # end needs a label of its own: HoloViews finds dimensions by label too)
+    ends = [kdim, vdim, hv.Dimension("data_error_to", label="data error, next point"),
+            hv.Dimension("model_error_to", label="model error, next point")]
     layers = [hv.Segments(steps, ends, ["model"]).opts(color="model", cmap=colors, line_width=2,
                                                        show_legend=False),
               hv.Scatter(table, kdim, [vdim, "model"]).opts(

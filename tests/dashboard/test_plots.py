@@ -69,7 +69,7 @@ def inputs(ds):
 # ------------------------------------------------------------------------------------ weights
 def _layer_rows(hm, layer: str) -> np.ndarray:
     """The HeatMap's rows of one layer as a mask over its points."""
-    return np.array([r.startswith(f"{layer} · ") for r in hm.dimension_values("row")])
+    return np.array([r.startswith(f"{layer} (") for r in hm.dimension_values("row")])
 
 
 def test_group_heatmap_has_a_row_per_layer_and_bank_in_group_order(trained):
@@ -95,7 +95,8 @@ def test_group_heatmap_has_a_row_per_layer_and_bank_in_group_order(trained):
                                    analysis["breaking_score"].values[i])
     plot = render(hm)
     assert list(plot.x_range.factors) == ["rot0", "rot90", "rot180", "rot270"]
-    assert list(plot.y_range.factors)[-1] == "layers.0 · bank 0", "first layer on top"
+    score = plots._score(analysis["breaking_score"].values[0])
+    assert list(plot.y_range.factors)[-1] == f"layers.0 ({score}) · bank 0", "first layer on top"
     assert plot.sizing_mode == "stretch_both" and plot.min_height >= 250
 
 
@@ -316,8 +317,11 @@ def test_equivariance_vs_data_has_a_curve_per_model_and_a_reference(ds, trained,
     lines_color, dots_color = (r.glyph for r in plot.renderers[:2])
     mapper = dots_color.fill_color.transform
     assert list(mapper.factors) == ["rgroup", "gconv"]
-    # the lines are coloured by the markers' model colours
+    # the lines are coloured by the markers' model colours, and drawn from point to point
     assert lines_color.line_color.transform.palette == mapper.palette
+    drawn = plot.renderers[0].data_source.data
+    assert [drawn[lines_color.x0][0], drawn[lines_color.x1][0]] == [0.0, data]
+    assert [drawn[lines_color.y0][0], drawn[lines_color.y1][0]] == [0.0, relaxed]
 
 
 # ------------------------------------------------------------------------------------ sweeps
