@@ -94,9 +94,9 @@ class ExplorerApp(pn.viewable.Viewer):
             self._stop = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS).stop
 
     def _closed(self, _context) -> None:
-        """Stop refreshing. (No forced garbage collection here: measured at N = 20, a gc.collect
-        and malloc_trim per closed session gave the other sessions' pages 'reference isn't
-        known' errors and did not lower the server's memory after close; BENCHMARKS.md.)"""
+        """Stop refreshing. (No forced garbage collection per closed session: measured at
+        N = 20, it gave the other sessions' pages 'reference isn't known' errors; the ticker
+        releases memory once the last session has gone, :func:`dashboard.ticker.release_memory`.)"""
         self._stop()
 
     def template(self) -> pn.template.BootstrapTemplate:

@@ -121,8 +121,9 @@ class Ticker:
         self._sessions[id(doc)] = (doc, refresh)
 
     def remove(self, doc) -> None:
-        self._sessions.pop(id(doc), None)
-        if not self._sessions:  # (called on the loop's thread or another: add_callback is safe)
+        # a session is removed by its close and by a refresh that finds it closed: release once
+        if self._sessions.pop(id(doc), None) is not None and not self._sessions:
+            # called on the loop's thread or another: add_callback is safe from either
             self.loop.add_callback(self.loop.call_later, RELEASE_DELAY_S, self._release_if_idle)
 
     def _release_if_idle(self) -> None:
