@@ -70,6 +70,31 @@ def test_one_session_clicking_sends_nothing_to_another(browser, dashboard_url):
         page.context.close()
 
 
+FRAME_COUNTER = """(() => { window.__frames = 0; const request = window.requestAnimationFrame;
+  window.requestAnimationFrame = (callback) => { window.__frames += 1;
+                                                 return request.call(window, callback); }; })();"""
+
+
+def test_an_idle_page_draws_no_frames_until_a_file_dropper_is_shown(browser, dashboard_url):
+    """A page nobody touches asks for no animation frames (the file dropper's library would run
+    a 60 frames a second loop from its load on); opening the dropper starts its frames."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1000})
+    context.add_init_script(FRAME_COUNTER)
+    page = context.new_page()
+    page.goto(dashboard_url)
+    _wait_text(page, "rotation-rgroup-C4", timeout=60)
+    time.sleep(2)  # start-up layout is done
+    page.evaluate("() => { window.__frames = 0; }")
+    time.sleep(1)
+    assert page.evaluate("() => window.__frames") == 0
+    page.get_by_text("Bring your own data").click()
+    page.wait_for_selector(".filepond--root", timeout=30000)
+    page.evaluate("() => { window.__frames = 0; }")
+    time.sleep(1)
+    assert page.evaluate("() => window.__frames") > 10  # the dropper animates its drop area
+    context.close()
+
+
 def test_changing_the_group_offers_only_valid_models(page):
     group = page.locator("select").filter(has=page.locator("option", has_text="SO2"))
     group.select_option("SO2")
