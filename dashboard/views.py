@@ -9,6 +9,7 @@ their tab is shown, and update in batches under ``pn.io.hold``.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from collections import OrderedDict
 from functools import lru_cache
@@ -46,6 +47,10 @@ dataset's known buoyancy boundary.
 """
 
 _lock = threading.Lock()
+# a running job's progress reaches a session's Runs table at most this often (its state at once;
+# the Jobs tab shows progress every second): each patch costs every open page a table redraw,
+# 25 ms of browser CPU, and twenty pages on one machine took half a core for it
+PROGRESS_PATCH_S = 5.0
 
 
 def _notify(kind: str, text: str) -> None:
@@ -444,6 +449,7 @@ class RunsCatalog(pn.viewable.Viewer):
         self._ids: list[str] = []
         self._opened = False
         self._refreshing = False
+        self._progress_sent = float("-inf")  # time.monotonic() of the last patch
         self._layout = pn.Column("### Runs", self.table,
                                  pn.Row(self.delete, self.confirm, self.downloads),
                                  sizing_mode="stretch_width")
@@ -487,8 +493,12 @@ class RunsCatalog(pn.viewable.Viewer):
                 same = (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
                 if not same:
                     patches.setdefault(column, []).append((old.index[pos], b))
+        now = time.monotonic()
+        if set(patches) == {"progress %"} and now - self._progress_sent < PROGRESS_PATCH_S:
+            return True  # only progress moved: it goes with the next change or a bit later
         if patches:
             self.table.patch(patches)
+            self._progress_sent = now
         return True
 
     def _selected(self, event):

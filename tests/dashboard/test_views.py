@@ -237,3 +237,31 @@ def test_progress_changes_patch_cells_and_keep_the_table(state):
     assert catalog.table.value is table  # patched in place, not replaced
     assert catalog.table.value.iloc[1]["progress %"] == 25.0
     assert catalog.table.value.iloc[1]["state"] == "running"
+
+
+def test_progress_alone_reaches_the_table_at_most_every_few_seconds(state, monkeypatch):
+    """Every open page redraws the table for a patch: a running job's progress is sent at most
+    every PROGRESS_PATCH_S, a change of state at once (with the progress it has by then)."""
+    from dashboard import views
+
+    clock = [1000.0]
+    monkeypatch.setattr(views.time, "monotonic", lambda: clock[0])
+    catalog = RunsCatalog(state)
+    rows = [dict(r) for r in state.services.catalog()]
+    rows[1]["progress"], rows[1]["state"] = 0.1, "running"
+    catalog.poll(rows)
+    rows[1]["progress"] = 0.2
+    catalog.poll(rows)  # the first change of progress goes at once
+    assert catalog.table.value.iloc[1]["progress %"] == 20.0
+    clock[0] += views.PROGRESS_PATCH_S / 2
+    rows[1]["progress"] = 0.3
+    catalog.poll(rows)
+    assert catalog.table.value.iloc[1]["progress %"] == 20.0  # held back
+    clock[0] += views.PROGRESS_PATCH_S / 2
+    catalog.poll(rows)
+    assert catalog.table.value.iloc[1]["progress %"] == 30.0  # sent once the interval is over
+    clock[0] += 0.1
+    rows[1]["progress"], rows[1]["state"] = 0.35, "done"
+    catalog.poll(rows)
+    assert catalog.table.value.iloc[1]["state"] == "done"  # a state change is not held back
+    assert catalog.table.value.iloc[1]["progress %"] == 35.0
