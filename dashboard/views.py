@@ -51,6 +51,7 @@ _lock = threading.Lock()
 # the Jobs tab shows progress every second): each patch costs every open page a table redraw,
 # 25 ms of browser CPU, and twenty pages on one machine took half a core for it
 PROGRESS_PATCH_S = 5.0
+ARROWS = 12  # velocity arrows across the flow player's images, when shown
 
 
 def _notify(kind: str, text: str) -> None:
@@ -799,6 +800,8 @@ class RolloutView(RunView):
     """Per-step RMSE of the selected runs, and a flow player for the first one."""
 
     quantity = param.Selector(default="vorticity", objects=["vorticity", "speed"])
+    # off at first: the arrows are a fifth of the tab's server work and more of the browser's
+    arrows = param.Boolean(default=False, doc="velocity arrows over the flow images")
 
     def __init__(self, state=None, **params):
         self.player = pn.widgets.Player(name="rollout step", start=1, end=20, value=1,
@@ -814,22 +817,24 @@ class RolloutView(RunView):
                 continue
             if metrics is not None:
                 runs[run_id] = metrics
-        parts = [pn.pane.Markdown("### Rollout error per step (solid: future, dashed: domain)"),
-                 pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
+        parts = [pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
         rollout = evaluation(run, "rollout")
-        frames = _figures.get(_figure_key(rollout, self.quantity), lambda: plots.flow_frames(
-            rollout["truth"].values, rollout["prediction"].values, quantity=self.quantity))
+        arrows = ARROWS if self.arrows else 0
+        frames = _figures.get(_figure_key(rollout, self.quantity, arrows), lambda: plots.flow_frames(
+            rollout["truth"].values, rollout["prediction"].values, quantity=self.quantity,
+            arrows=arrows))
         steps = rollout.sizes["step"]
         self.player.end = steps
         self.player.value = min(max(self.player.value, 1), steps)
         stream = hv.streams.Params(self.player, ["value"], rename={"value": "step"})
         flow = hv.DynamicMap(lambda step: frames[int(step)], streams=[stream])
         quantity = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
+        arrows = pn.widgets.Checkbox.from_param(self.param.arrows, name="arrows", width=80)
         return parts + [pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
-                        pn.Row(self.player, quantity),
+                        pn.Row(self.player, quantity, arrows),
                         pn.pane.HoloViews(flow, sizing_mode="stretch_width")]
 
-    @param.depends("quantity", watch=True)
+    @param.depends("quantity", "arrows", watch=True)
     def _requantity(self):
         self.render()
 

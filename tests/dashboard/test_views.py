@@ -102,6 +102,25 @@ def test_rollout_view_without_the_dataset_explains(state):
     assert shown.body.objects  # either the player or a readable message, never an exception
 
 
+def test_rollout_arrows_are_off_until_asked_for(state):
+    import holoviews as hv
+
+    state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
+    state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
+    run_id = state.submit()
+    assert state.services.jobs.wait(run_id, timeout=120)["state"] == "done"
+    state.selected_runs = [run_id]
+    shown = RolloutView(state)
+
+    def frame():  # what the player shows now
+        return shown.body.objects[-1].object[()]
+
+    assert frame().traverse(lambda e: e, [hv.Image]) and not frame().traverse(
+        lambda e: e, [hv.VectorField])
+    shown.arrows = True
+    assert len(frame().traverse(lambda e: e, [hv.VectorField])) == 3  # truth, prediction, error
+
+
 def test_jobs_view_trains_and_reports(state):
     state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
     state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
