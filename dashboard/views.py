@@ -678,7 +678,10 @@ class DiscoveryView(pn.viewable.Viewer):
                 self.render()
 
     def render(self) -> None:
-        if not self.active:
+        if not self.active:  # hidden: let go of the plots; shown again, it renders afresh
+            if self.body.objects:
+                self.body.objects = []
+                self._shown = None
             return
         value = self.records.value
         if not value:
@@ -749,7 +752,9 @@ class RunView(pn.viewable.Viewer):
         return run
 
     def render(self) -> None:
-        if not self.active:  # a hidden tab renders when it is shown
+        if not self.active:  # a hidden tab renders when it is shown, afresh:
+            if self.body.objects:  # let go of its plots (a session kept ~500 hidden models)
+                self.body.objects = []
             return
         try:
             run = self.current()

@@ -93,7 +93,9 @@ def test_memory_is_released_once_the_last_session_has_gone(monkeypatch):
         finally:
             ticker.timer.stop()
 
-    asyncio.run(scenario())
+    # in a thread of its own: a browser test run earlier in this process leaves its loop running
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, scenario()).result()
 
 
 def test_release_memory_hands_freed_small_objects_back_under_the_c_allocator():
