@@ -824,10 +824,11 @@ class RolloutView(RunView):
                 runs[run_id] = metrics
         parts = [pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
         rollout = evaluation(run, "rollout")
-        arrows = ARROWS if self.arrows else 0
-        frames = _figures.get(_figure_key(rollout, self.quantity, arrows), lambda: plots.flow_frames(
-            rollout["truth"].values, rollout["prediction"].values, quantity=self.quantity,
-            arrows=arrows))
+        every = ARROWS if self.arrows else 0
+        frames = _figures.get(
+            _figure_key(rollout, self.quantity, every),
+            lambda: plots.flow_frames(rollout["truth"].values, rollout["prediction"].values,
+                                      quantity=self.quantity, arrows=every))
         steps = rollout.sizes["step"]
         self.player.end = steps
         self.player.value = min(max(self.player.value, 1), steps)
