@@ -41,7 +41,10 @@ METRIC_LABELS = {
     "equivariance_error": "equivariance error (relative)",
     "breaking_score": "breaking score",
 }
-TABLE_COLUMNS = ("model", "group", "banks", "alpha", "dataset", "state", "progress %",
+# no progress column: a running job's progress is in the Jobs tab. In the table every change of
+# it cost every open page a rebuild of the whole table (Tabulator's setData), and a class's twenty
+# pages rebuilding together held up the slider of whoever was exploring (BENCHMARKS.md)
+TABLE_COLUMNS = ("model", "group", "banks", "alpha", "dataset", "state",
                  "future RMSE", "domain RMSE", "equivariance error", "created")
 
 _SIZE = dict(responsive=True, min_height=250)
@@ -874,7 +877,7 @@ def _created(value) -> str:
 def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
     """:meth:`core.runs.RunStore.list` rows as a DataFrame for a Tabulator: columns
     :data:`TABLE_COLUMNS`, indexed by run id ("run"); missing numbers are NaN/<NA>, missing
-    text "", progress in percent, created as "YYYY-MM-DD HH:MM:SS" (UTC)."""
+    text "", created as "YYYY-MM-DD HH:MM:SS" (UTC)."""
     ids, records = [], []
     for r in rows or []:
         if not isinstance(r, Mapping):
@@ -887,7 +890,6 @@ def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
             "alpha": _num(r.get("alpha")),
             "dataset": _text(r.get("dataset")),
             "state": _text(r.get("state")),
-            "progress %": round(100 * _num(r.get("progress")), 1),
             "future RMSE": _num(r.get("future_rmse")),
             "domain RMSE": _num(r.get("domain_rmse")),
             "equivariance error": _num(r.get("equivariance_error")),

@@ -47,10 +47,6 @@ dataset's known buoyancy boundary.
 """
 
 _lock = threading.Lock()
-# a running job's progress reaches a session's Runs table at most this often (its state at once;
-# the Jobs tab shows progress every second): each patch costs every open page a table redraw,
-# 25 ms of browser CPU, and twenty pages on one machine took half a core for it
-PROGRESS_PATCH_S = 5.0
 ARROWS = 12  # velocity arrows across the flow player's images, when shown
 
 
@@ -450,7 +446,6 @@ class RunsCatalog(pn.viewable.Viewer):
         self._ids: list[str] = []
         self._opened = False
         self._refreshing = False
-        self._progress_sent = float("-inf")  # time.monotonic() of the last patch
         self._layout = pn.Column("### Runs", self.table,
                                  pn.Row(self.delete, self.confirm, self.downloads),
                                  sizing_mode="stretch_width")
@@ -482,8 +477,8 @@ class RunsCatalog(pn.viewable.Viewer):
             self._opened = bool(done)
 
     def _patch(self, frame) -> bool:
-        """Send only the cells that changed (every session gets this once a second while a job
-        runs; re-sending the table would cost each of them the whole table)."""
+        """Send only the cells that changed (a run's state, its metrics when done): nothing at
+        all while a job only makes progress, although every session is refreshed then."""
         old = self.table.value
         if old is None or list(old.columns) != list(frame.columns) or len(old) != len(frame):
             return False
@@ -494,12 +489,8 @@ class RunsCatalog(pn.viewable.Viewer):
                 same = (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
                 if not same:
                     patches.setdefault(column, []).append((old.index[pos], b))
-        now = time.monotonic()
-        if set(patches) == {"progress %"} and now - self._progress_sent < PROGRESS_PATCH_S:
-            return True  # only progress moved: it goes with the next change or a bit later
         if patches:
             self.table.patch(patches)
-            self._progress_sent = now
         return True
 
     def _selected(self, event):

@@ -270,7 +270,7 @@ def test_a_changing_listing_keeps_the_selection_without_re_rendering(state):
     assert state.selected_runs == []
 
 
-def test_progress_changes_patch_cells_and_keep_the_table(state):
+def test_state_changes_patch_cells_and_keep_the_table(state):
     catalog = RunsCatalog(state)
     rows = [dict(r) for r in state.services.catalog()]
     catalog.poll(rows)
@@ -278,33 +278,25 @@ def test_progress_changes_patch_cells_and_keep_the_table(state):
     rows[1]["progress"], rows[1]["state"] = 0.25, "running"
     catalog.poll(rows)
     assert catalog.table.value is table  # patched in place, not replaced
-    assert catalog.table.value.iloc[1]["progress %"] == 25.0
     assert catalog.table.value.iloc[1]["state"] == "running"
 
 
-def test_progress_alone_reaches_the_table_at_most_every_few_seconds(state, monkeypatch):
-    """Every open page redraws the table for a patch: a running job's progress is sent at most
-    every PROGRESS_PATCH_S, a change of state at once (with the progress it has by then)."""
-    from dashboard import views
-
-    clock = [1000.0]
-    monkeypatch.setattr(views.time, "monotonic", lambda: clock[0])
+def test_progress_alone_sends_nothing_to_the_table(state):
+    """Every open page rebuilds the whole table for a patch: a running job's progress (shown
+    by the Jobs tab) must not reach it; its end, with the run's metrics, does."""
     catalog = RunsCatalog(state)
     rows = [dict(r) for r in state.services.catalog()]
     rows[1]["progress"], rows[1]["state"] = 0.1, "running"
     catalog.poll(rows)
-    rows[1]["progress"] = 0.2
-    catalog.poll(rows)  # the first change of progress goes at once
-    assert catalog.table.value.iloc[1]["progress %"] == 20.0
-    clock[0] += views.PROGRESS_PATCH_S / 2
-    rows[1]["progress"] = 0.3
+    sent, patch = [], catalog.table.patch
+    catalog.table.patch = lambda cells: (sent.append(cells), patch(cells))  # seen, then sent
+    before = catalog.table.value.copy()
+    for progress in (0.2, 0.3, 0.9):
+        rows[1]["progress"] = progress
+        catalog.poll(rows)
+    assert sent == [] and catalog.table.value.equals(before)
+    rows[1]["progress"], rows[1]["state"], rows[1]["future_rmse"] = 1.0, "done", 0.5
     catalog.poll(rows)
-    assert catalog.table.value.iloc[1]["progress %"] == 20.0  # held back
-    clock[0] += views.PROGRESS_PATCH_S / 2
-    catalog.poll(rows)
-    assert catalog.table.value.iloc[1]["progress %"] == 30.0  # sent once the interval is over
-    clock[0] += 0.1
-    rows[1]["progress"], rows[1]["state"] = 0.35, "done"
-    catalog.poll(rows)
-    assert catalog.table.value.iloc[1]["state"] == "done"  # a state change is not held back
-    assert catalog.table.value.iloc[1]["progress %"] == 35.0
+    assert catalog.table.value.iloc[1]["state"] == "done"
+    assert catalog.table.value.iloc[1]["future RMSE"] == 0.5
+    assert [sorted(cells) for cells in sent] == [["future RMSE", "state"]]
