@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import holoviews as hv
 import panel as pn
 
 from dashboard import plots
@@ -51,13 +52,20 @@ IDLE_PAINTER = """<script type="text/javascript">
 </script>"""
 
 
+def _session_doc():
+    """The document of the server session being built or served, else None (a notebook)."""
+    doc = pn.state.curdoc
+    return doc if doc is not None and doc.session_context is not None else None
+
+
 class ExplorerApp(pn.viewable.Viewer):
     """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
 
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
         pn.extension("tabulator", "filedropper", notifications=True)
-        plots.use_bokeh()
+        if not (_session_doc() is not None and hv.Store.current_backend == "bokeh"):
+            plots.use_bokeh()  # a server's setup has loaded it: 16 ms a session saved
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
         # hidden views build nothing until their tab is first shown (cheap sessions)
@@ -115,8 +123,8 @@ class ExplorerApp(pn.viewable.Viewer):
         elsewhere (a notebook) the app polls with its own periodic callback."""
         if self._stop is not None:
             return
-        doc = pn.state.curdoc
-        if doc is not None and pn.state.served and doc.session_context is not None:
+        doc = _session_doc()
+        if doc is not None:
             ticker = Ticker.get(self.state.services, REFRESH_MS)
             ticker.add(doc, self.refresh)
             # bound now: under panel serve this module's globals are gone when a session closes
@@ -151,5 +159,6 @@ class ExplorerApp(pn.viewable.Viewer):
         return pn.Row(pn.Column(self.experiment, width=340), self.tabs, sizing_mode="stretch_width")
 
 
-if pn.state.served:
+# what pn.state.served tests, without its walk through the call stack (some ms a session)
+if __name__.startswith("bokeh_app_"):
     ExplorerApp().template().servable(title=TITLE)

@@ -14,6 +14,7 @@ import gc
 import logging
 
 import panel as pn
+from bokeh.settings import settings
 
 from dashboard import plots
 from dashboard.state import ExperimentState, Services
@@ -24,6 +25,9 @@ log = logging.getLogger("dashboard.warm")
 
 def warm() -> None:
     plots.use_bokeh()
+    # Bokeh reads this setting from the environment for every model it creates (an id each):
+    # read once here, as the environment of a running server does not change
+    settings.simple_ids.set_value(settings.simple_ids())
     services = Services.get()
     state = ExperimentState(services)
     for row in services.catalog():
