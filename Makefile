@@ -60,9 +60,11 @@ precompute: $(DATASETS)
 	$(PY) -m core precompute data/pretrained $(wildcard runs)
 
 # N browser sessions against a real server on 127.0.0.1: make loadtest N=20
+# (a class drifting in over a minute: make loadtest N=20 LOADTEST_ARGS="--arrive-over 60")
 N ?= 20
+LOADTEST_ARGS ?=
 loadtest: $(DATASETS)
-	$(PY) -m tests.loadtest --sessions $(N)
+	$(PY) -m tests.loadtest --sessions $(N) $(LOADTEST_ARGS)
 
 # a MB-sized netCDF dropped on the served dashboard, timed to its preview: make uploadbench MB=200
 MB ?= 200

@@ -7,6 +7,8 @@ times are reported, never asserted.
 import shutil
 from pathlib import Path
 
+import pytest
+
 from core.datasets import generate, save_dataset
 from tests import loadtest
 
@@ -32,3 +34,10 @@ def test_four_sessions_tour_the_tabs_without_errors(tmp_path):
     assert result["latency_ms"]["n"] >= 3 and result["latency_ms"]["training"]
     assert result["cpu_per_session_s"]["tour"] > 0
     assert {"idle", "one session", "all open", "after close"} <= set(result["rss_mb"])
+
+
+def test_bounds_are_checked_before_anything_starts():
+    for bad in (dict(sessions=0), dict(sessions=loadtest.MAX_SESSIONS + 1),
+                dict(sessions=2, arrive_over=-1), dict(sessions=2, arrive_over=10_000)):
+        with pytest.raises(ValueError, match="sessions|arrive_over"):
+            loadtest.run(**bad)
