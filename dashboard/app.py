@@ -64,8 +64,10 @@ class ExplorerApp(pn.viewable.Viewer):
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
         pn.extension("tabulator", "filedropper", notifications=True)
-        if not (_session_doc() is not None and hv.Store.current_backend == "bokeh"):
-            plots.use_bokeh()  # a server's setup has loaded it: 16 ms a session saved
+        # once per server process (dashboard/warm.py does it before any session; 16 ms each);
+        # a notebook loads it with each app, for the page's scripts
+        if _session_doc() is None or hv.renderer("bokeh").webgl:
+            plots.use_bokeh()
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
         # hidden views build nothing until their tab is first shown (cheap sessions)

@@ -9,7 +9,6 @@ their tab is shown, and update in batches under ``pn.io.hold``.
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 from collections import OrderedDict
 from functools import lru_cache
