@@ -145,6 +145,32 @@ def test_rollout_arrows_are_off_until_asked_for(state):
     assert len(frame().traverse(lambda e: e, [hv.VectorField])) == 3  # truth, prediction, error
 
 
+def test_rendering_leaves_the_shared_figures_as_they_were(state):
+    """Every session renders the process's shared figures; HoloViews appends each render of an
+    Image to that Image's pipeline, so the shared Images must not be the ones rendered (a flow
+    player kept ~6 KB of every step shown, for the server's life)."""
+    import holoviews as hv
+    from bokeh.document import Document
+
+    from dashboard import views
+
+    def pipelines():
+        return [len(image.pipeline.operations) for key, figure in views._figures.items.items()
+                for part in (figure if isinstance(figure, tuple) else (figure,))
+                for image in part.traverse(lambda e: e, [hv.Image])]
+
+    shown = [BreakingView(state, run_id="translation-rgroup"),
+             RolloutView(state, run_id="rotation-rgroup-C4")]
+    before = pipelines()
+    assert before  # the translation maps and the flow frames are Images
+    for _ in range(2):  # two sessions
+        for view in shown:
+            view.body.get_root(Document())
+    shown[1].player.value = 2  # a step of the player
+    shown[1].player.value = 3
+    assert pipelines() == before
+
+
 def test_jobs_view_trains_and_reports(state):
     state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
     state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
