@@ -57,7 +57,8 @@ def _notify(kind: str, text: str) -> None:
 
 class _Shared:
     """Figures built once per process and shown by every session (HoloViews elements are
-    plain data; each session renders its own Bokeh models from them). LRU by key."""
+    plain data; each session renders its own Bokeh models from them, and its own copies of their
+    Images: :func:`_own_images`). LRU by key."""
 
     def __init__(self, size: int = 64):
         self.size, self.items = size, OrderedDict()
