@@ -464,7 +464,7 @@ class RunsCatalog(pn.viewable.Viewer):
         ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
         if ids == self._ids and self._patch(frame):
-            pass  # same runs: changed cells only (a job's progress), selection untouched
+            pass  # same runs: changed cells only (a run's state, its metrics), selection untouched
         elif ids != self._ids or not frame.equals(self.table.value):
             kept = [i for i in self.state.selected_runs if i in ids]
             self._ids = ids
