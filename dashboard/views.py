@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 from collections import OrderedDict
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import holoviews as hv
 import numpy as np
@@ -27,6 +27,7 @@ from core.importers import ROLES, crop_square, file_names, read_flow
 from core.runs import RunError
 
 from . import plots
+from .embed import StaticFigure, animation_json, figure_json
 from .state import STRICT_OF, UPLOAD_LIMIT_MB, ExperimentState, safe_name
 from .upload import StreamingDropper
 
@@ -56,9 +57,8 @@ def _notify(kind: str, text: str) -> None:
 
 
 class _Shared:
-    """Figures built once per process and shown by every session (HoloViews elements are
-    plain data; each session renders its own Bokeh models from them, and its own copies of their
-    Images: :func:`_own_images`). LRU by key."""
+    """Figures rendered once per process and shown by every session (:func:`_static`,
+    :func:`_animate`): no session runs HoloViews' plotting for them. LRU by key."""
 
     def __init__(self, size: int = 64):
         self.size, self.items = size, OrderedDict()
@@ -77,14 +77,30 @@ class _Shared:
 
 
 _figures = _Shared()
+_animations = _Shared(size=8)  # ~1 MB each (a rollout's 20 frames of three 64 x 64 fields)
 
 
-def _own_images(figure):
-    """``figure`` with its Images copied for one session's render. HoloViews records every
-    render of an Image in that Image's pipeline (its no-data step returns the Image itself and
-    the step is appended to it), so a shared Image kept ~6 KB of every render, every flow-player
-    step included, for the process's life. The copies share the data; 6 ms a step."""
-    return figure.map(lambda image: image.clone(), [hv.Image])
+def _animate(rollout: xr.Dataset, quantity: str, arrows: int):
+    """The flow player's frames of one evaluated rollout, rendered once for every session."""
+    frames = plots.flow_frames(rollout["truth"].values, rollout["prediction"].values,
+                               quantity=quantity, arrows=arrows)
+    return animation_json(frames) if isinstance(frames, hv.HoloMap) else figure_json(frames)
+
+
+def _static(key: tuple, make) -> StaticFigure:
+    """The figure ``make()`` builds, rendered to Bokeh JSON once per process and ``key`` (what
+    the figure shows, and every version it depends on) and drawn by each page's BokehJS: a
+    session's tab costs the server a string, not HoloViews' plotting and Bokeh's model walks."""
+    return StaticFigure.of(_figures.get(("static", *key), lambda: figure_json(make())))
+
+
+def _file_version(path) -> tuple:
+    """What tells one version of a file from the next (None when it is absent)."""
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:
+        return (str(path), None)
+    return (str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def _figure_key(evaluated, *extra) -> tuple:
@@ -695,16 +711,12 @@ class DiscoveryView(pn.viewable.Viewer):
                     evidence = evidence_of(record)
                     objects = [pn.pane.Markdown(_verdict_text(record, evidence),
                                                 sizing_mode="stretch_width")]
-                    if evidence.attrs["kind"] == "translation":
-                        objects += [pn.pane.HoloViews(plots.discovery_maps(evidence),
-                                                      sizing_mode="stretch_width"),
-                                    pn.pane.HoloViews(plots.boundary_profile(evidence),
-                                                      sizing_mode="stretch_width")]
-                    else:
-                        objects += [pn.pane.HoloViews(plots.discovery_gains(evidence),
-                                                      sizing_mode="stretch_width"),
-                                    pn.pane.HoloViews(plots.discovery_weights(evidence),
-                                                      sizing_mode="stretch_width")]
+                    version = _file_version(record.path / "evidence.nc")
+                    figures = ((plots.discovery_maps, plots.boundary_profile)
+                               if evidence.attrs["kind"] == "translation" else
+                               (plots.discovery_gains, plots.discovery_weights))
+                    objects += [_static((make.__name__, version), partial(make, evidence))
+                                for make in figures]
                     objects.append(pn.pane.Markdown(DISCOVERY_HELP, sizing_mode="stretch_width"))
                 else:
                     objects = [_message(f"{value}: {state}"
@@ -781,10 +793,10 @@ class BreakingView(RunView):
         boundary = None
         if analysis.attrs.get("kind") == "translation":
             boundary = cached_dataset_attrs(run.dataset_path()).get("boundary_x")
-        heatmaps, bars = (_own_images(figure) for figure in _figures.get(
-            _figure_key(analysis, boundary),
-            lambda: (plots.weights_heatmaps(analysis, boundary_x=boundary),
-                     plots.breaking_bars(analysis))))
+        key = _figure_key(analysis, boundary)
+        heatmaps = _static((*key, "heatmaps"),
+                           lambda: plots.weights_heatmaps(analysis, boundary_x=boundary))
+        bars = _static((*key, "bars"), lambda: plots.breaking_bars(analysis))
         score = analysis.attrs.get("breaking_score", float("nan"))
         head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
                 f"overall breaking score **{score:.3g}**")
@@ -792,8 +804,7 @@ class BreakingView(RunView):
                                  button_type="light")
         link.on_click(lambda _e: setattr(self.state, "focus", "Discovery"))
         return [pn.pane.Markdown(head, sizing_mode="stretch_width"), link,
-                pn.pane.HoloViews(heatmaps, sizing_mode="stretch_width"),
-                pn.pane.HoloViews(bars, sizing_mode="stretch_width"),
+                heatmaps, bars,
                 pn.pane.Markdown(EXPLANATION + "\nWeights of one run can move by chance; the "
                                  "**Discovery** tab compares relaxed models against a symmetric "
                                  "null and gives a verdict with its significance.",
@@ -810,34 +821,38 @@ class RolloutView(RunView):
     def __init__(self, state=None, **params):
         self.player = pn.widgets.Player(name="rollout step", start=1, end=20, value=1,
                                         loop_policy="loop", interval=400, width=400)
+        self.flow: StaticFigure | None = None  # the player's figure while shown
+        self.player.param.watch(self._step, "value")
         super().__init__(state, **params)
 
     def content(self, run):
-        runs = {}
+        runs, versions = {}, []
         for run_id in (self.state.selected_runs or [run.id]):
             try:
-                metrics = cached_metrics(self.state.services.run(run_id))
+                shown = self.state.services.run(run_id)
+                metrics = cached_metrics(shown)
             except (RunError, FileNotFoundError):  # deleted meanwhile
                 continue
             if metrics is not None:
                 runs[run_id] = metrics
-        parts = [pn.pane.HoloViews(plots.rollout_curves(runs), sizing_mode="stretch_width")]
+                versions.append((run_id, _file_version(shown.path / "metrics.nc")))
+        parts = [_static(("rollout curves", *versions), lambda: plots.rollout_curves(runs))]
         rollout = evaluation(run, "rollout")
-        every = ARROWS if self.arrows else 0
-        frames = _figures.get(
-            _figure_key(rollout, self.quantity, every),
-            lambda: plots.flow_frames(rollout["truth"].values, rollout["prediction"].values,
-                                      quantity=self.quantity, arrows=every))
-        steps = rollout.sizes["step"]
-        self.player.end = steps
-        self.player.value = min(max(self.player.value, 1), steps)
-        stream = hv.streams.Params(self.player, ["value"], rename={"value": "step"})
-        flow = hv.DynamicMap(lambda step: _own_images(frames[int(step)]), streams=[stream])
-        quantity = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
+        quantity, every = self.quantity, ARROWS if self.arrows else 0
+        rendered = _animations.get(_figure_key(rollout, quantity, every),
+                                   lambda: _animate(rollout, quantity, every))
+        self.player.end = rendered.count
+        self.player.value = min(max(self.player.value, 1), rendered.count)
+        self.flow = StaticFigure.of(rendered, frame=self.player.value - 1,
+                                    css_classes=["flow-player"])
+        choice = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
         arrows = pn.widgets.Checkbox.from_param(self.param.arrows, name="arrows", width=80)
         return parts + [pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
-                        pn.Row(self.player, quantity, arrows),
-                        pn.pane.HoloViews(flow, sizing_mode="stretch_width")]
+                        pn.Row(self.player, choice, arrows), self.flow]
+
+    def _step(self, event):
+        if self.flow is not None:
+            self.flow.frame = min(max(event.new - 1, 0), self.flow.count - 1)
 
     @param.depends("quantity", "arrows", watch=True)
     def _requantity(self):
@@ -852,8 +867,8 @@ class EquivarianceView(RunView):
         parts = [pn.pane.Markdown(f"### Equivariance: {run.id}")]
         if metrics is not None and "equivariance_error_element" in metrics:
             err = xr.Dataset({"relative": metrics["equivariance_error_element"]})
-            parts.append(pn.pane.HoloViews(plots.equivariance_bars(err),
-                                           sizing_mode="stretch_width"))
+            parts.append(_static(("equivariance", _file_version(run.path / "metrics.nc")),
+                                 lambda: plots.equivariance_bars(err)))
         points = []
         for row in self.state.services.catalog():
             if row["state"] != "done" or row.get("equivariance_error") is None:
@@ -867,8 +882,8 @@ class EquivarianceView(RunView):
                 points.append(dict(data_error=data_error, model_error=row["equivariance_error"],
                                    model=row["model"]))
         parts += [pn.pane.Markdown("### Model vs data equivariance error (the paper's Figure 4)"),
-                  pn.pane.HoloViews(plots.equivariance_vs_data(points),
-                                    sizing_mode="stretch_width")]
+                  _static(("model vs data", repr(points)),
+                          lambda: plots.equivariance_vs_data(points))]
         return parts
 
 
@@ -898,8 +913,8 @@ class SweepView(RunView):
         button.on_click(self._launch)
         return [pn.pane.Markdown(f"### Relaxation sweep: {self.state.model} {self.state.group} on "
                                  f"`{dataset}`"),
-                pn.pane.HoloViews(plots.sweep_plot(same, references=refs),
-                                  sizing_mode="stretch_width"),
+                _static(("sweep", repr((same, refs))),
+                        lambda: plots.sweep_plot(same, references=refs)),
                 button]
 
     def _launch(self, _event=None):

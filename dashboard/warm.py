@@ -1,9 +1,10 @@
 """``panel serve --setup dashboard/warm.py``: once per server process, before any session.
 
 Imports the plotting stack, creates the process's services and its first shared listing, and
-renders every finished run's tabs once outside any session, so the shared figures and the
-evaluation artifacts (core/evaluation.py) are ready when the class arrives. What is missing is
-computed here, once, not in a student's session.
+renders every finished run's tabs once outside any session (the flow player: for the run
+sessions open on), so the shared figures and the evaluation artifacts (core/evaluation.py) are
+ready when the class arrives. What is missing is computed here, once, not in a student's
+session.
 
 Then everything the process holds so far (modules, the shared caches: some 800 000 objects) is
 moved out of the garbage collector's sight with :func:`gc.freeze`: it lives as long as the
@@ -13,12 +14,12 @@ holding every session's callbacks for about 0.5 s each time (BENCHMARKS.md, 2026
 import gc
 import logging
 
-import panel as pn
 from bokeh.settings import settings
 
 from dashboard import plots
 from dashboard.state import ExperimentState, Services
-from dashboard.views import BreakingView, EquivarianceView, RolloutView
+from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, RolloutView,
+                             RunsCatalog, SweepView)
 
 log = logging.getLogger("dashboard.warm")
 
@@ -30,14 +31,16 @@ def warm() -> None:
     settings.simple_ids.set_value(settings.simple_ids())
     services = Services.get()
     state = ExperimentState(services)
+    RunsCatalog(state).poll()  # selects the run a session opens on
+    shown = [SweepView(state), DiscoveryView(state), RolloutView(state)]
+    # every run's figures; the flow player only for the run sessions open on: its frames take
+    # ~2 s a run, and another run's are rendered when a session first plays them
     for row in services.catalog():
-        if row["state"] != "done":
-            continue
-        for view in (BreakingView, RolloutView, EquivarianceView):
-            shown = view(state, run_id=row["id"])
-            for obj in shown.body.objects:  # build the Bokeh models once (warms the code paths)
-                if isinstance(obj, pn.pane.HoloViews):
-                    obj.get_root()
+        if row["state"] == "done":
+            shown += [view(state, run_id=row["id"]) for view in (BreakingView, EquivarianceView)]
+    for view in shown:  # each tab's models once: warms the code paths of a session's first tab
+        view.active = True
+        view.__panel__().get_root()
     log.info("warmed %d runs", len(services.catalog()))
 
 

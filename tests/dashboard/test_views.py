@@ -7,6 +7,7 @@ import pytest
 
 from core.datasets import generate, save_dataset
 from core.errors import SpecError
+from dashboard.embed import StaticFigure
 from dashboard.state import STRICT_OF, ExperimentState, Services, alpha_value, valid_models
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, JobsView,
                              RolloutView, RunsCatalog, SweepView)
@@ -80,7 +81,7 @@ def test_views_render_shipped_runs(state, view):
     shown = view(state)
     text = " ".join(str(getattr(o, "object", "")) for o in shown.body.objects)
     assert "cannot show" not in text
-    assert any(isinstance(o, pn.pane.HoloViews) for o in shown.body.objects)
+    assert any(isinstance(o, StaticFigure) and o.item for o in shown.body.objects)
 
 
 def test_breaking_view_names_the_kind_and_score(state):
@@ -97,25 +98,25 @@ def test_hidden_views_do_not_render(state):
 
 
 def test_a_hidden_view_lets_go_of_its_plots(state):
-    """A tab renders afresh each time it is shown, so while hidden it keeps no Bokeh models:
-    a session used to hold every visited tab's plots (~500 models, half its memory)."""
+    """A tab renders afresh each time it is shown, so while hidden it keeps nothing of its
+    figures: a session used to hold every visited tab's plots (~500 models, half its memory)."""
     import gc
     import weakref
 
     from bokeh.document import Document
-    from bokeh.models import Plot
 
     state.selected_runs = ["rotation-rgroup-C4"]
     shown = BreakingView(state)
     doc = Document()
     root = shown.body.get_root(doc)
     doc.add_root(root)
-    figures = [weakref.ref(m) for m in root.select({"type": Plot})]
-    assert figures
+    figures = [weakref.ref(o) for o in shown.body.objects if isinstance(o, StaticFigure)]
+    models = [weakref.ref(m) for m in root.references() if "item" in m.properties()]
+    assert len(figures) == len(models) == 2
     shown.active = False
     doc.models.flush_synced()  # as a served session does once the change is sent
     gc.collect()
-    assert shown.body.objects == [] and all(ref() is None for ref in figures)
+    assert shown.body.objects == [] and all(ref() is None for ref in figures + models)
     shown.active = True
     assert shown.body.objects
 
@@ -127,7 +128,7 @@ def test_rollout_view_without_the_dataset_explains(state):
 
 
 def test_rollout_arrows_are_off_until_asked_for(state):
-    import holoviews as hv
+    import json
 
     state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
     state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
@@ -136,39 +137,27 @@ def test_rollout_arrows_are_off_until_asked_for(state):
     state.selected_runs = [run_id]
     shown = RolloutView(state)
 
-    def frame():  # what the player shows now
-        return shown.body.objects[-1].object[()]
+    def glyphs():  # the player figure's glyph types
+        item = shown.flow.item
+        return {g for g in ("Image", "Segment") if f'"name":"{g}"' in item.replace(" ", "")}
 
-    assert frame().traverse(lambda e: e, [hv.Image]) and not frame().traverse(
-        lambda e: e, [hv.VectorField])
+    assert shown.flow is shown.body.objects[-1] and glyphs() == {"Image"}
+    columns = {column for _id, column, _size in json.loads(shown.flow.index)}
+    assert columns == {"image"}
     shown.arrows = True
-    assert len(frame().traverse(lambda e: e, [hv.VectorField])) == 3  # truth, prediction, error
+    assert glyphs() == {"Image", "Segment"}  # arrows over truth, prediction and error
+    assert {"image", "x0", "y0", "x1", "y1"} <= {
+        column for _id, column, _size in json.loads(shown.flow.index)}
 
 
-def test_rendering_leaves_the_shared_figures_as_they_were(state):
-    """Every session renders the process's shared figures; HoloViews appends each render of an
-    Image to that Image's pipeline, so the shared Images must not be the ones rendered (a flow
-    player kept ~6 KB of every step shown, for the server's life)."""
-    import holoviews as hv
-    from bokeh.document import Document
-
-    from dashboard import views
-
-    def pipelines():
-        return [len(image.pipeline.operations) for key, figure in views._figures.items.items()
-                for part in (figure if isinstance(figure, tuple) else (figure,))
-                for image in part.traverse(lambda e: e, [hv.Image])]
-
-    shown = [BreakingView(state, run_id="translation-rgroup"),
-             RolloutView(state, run_id="rotation-rgroup-C4")]
-    before = pipelines()
-    assert before  # the translation maps and the flow frames are Images
-    for _ in range(2):  # two sessions
-        for view in shown:
-            view.body.get_root(Document())
-    shown[1].player.value = 2  # a step of the player
-    shown[1].player.value = 3
-    assert pipelines() == before
+def test_the_player_moves_the_frame_shown(state):
+    shown = RolloutView(state, run_id="rotation-rgroup-C4")
+    assert shown.flow.count == shown.player.end and shown.flow.frame == shown.player.value - 1
+    for value in (5, shown.player.end, 1):
+        shown.player.value = value
+        assert shown.flow.frame == value - 1
+    other = RolloutView(ExperimentState(state.services), run_id="rotation-rgroup-C4")
+    assert other.flow.frames is shown.flow.frames  # the frames are rendered once per process
 
 
 def test_jobs_view_trains_and_reports(state):
@@ -221,7 +210,7 @@ def test_discovery_view_shows_the_shipped_verdicts_beside_their_nulls(state):
         view.records.value = shipped[data]["id"]
         text = " ".join(str(getattr(o, "object", "")) for o in view.body.objects)
         assert needle in text and "significance" in text and "cannot show" not in text
-        assert sum(isinstance(o, pn.pane.HoloViews) for o in view.body.objects) >= 2
+        assert sum(isinstance(o, StaticFigure) for o in view.body.objects) >= 2
 
 
 def test_discover_refuses_bad_input_without_writing(state, services):
@@ -260,7 +249,7 @@ def test_a_run_deleted_while_shown_gives_a_clear_screen(state):
     views = [BreakingView(state, run_id=run.id), RolloutView(state, run_id=run.id),
              EquivarianceView(state, run_id=run.id)]
     for view in views:
-        assert any(isinstance(o, pn.pane.HoloViews) for o in view.body.objects)
+        assert any(isinstance(o, StaticFigure) for o in view.body.objects)
     state.services.delete(run.id)
     for view in views:
         view.render()
@@ -276,9 +265,8 @@ def test_sessions_share_one_listing_and_one_set_of_figures(services):
     services.invalidate()
     assert services.snapshot().version == listing.version  # nothing changed: same version
     views = [BreakingView(s, run_id="rotation-rgroup-C4") for s in (first, second)]
-    plots_of = [[o.object for o in v.body.objects if isinstance(o, pn.pane.HoloViews)]
-                for v in views]
-    assert plots_of[0] and all(a is b for a, b in zip(*plots_of))
+    plots_of = [[o.item for o in v.body.objects if isinstance(o, StaticFigure)] for v in views]
+    assert plots_of[0] and all(a is b for a, b in zip(*plots_of))  # rendered once, shared
 
 
 def test_a_changing_listing_keeps_the_selection_without_re_rendering(state):

@@ -1,10 +1,13 @@
 """Browser tests: the served dashboard in a real Chromium."""
+import io
 import re
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 pytestmark = pytest.mark.browser
 SHOTS = Path(tempfile.gettempdir()) / "ree-ui"
@@ -229,4 +232,52 @@ def test_drop_a_flow_map_its_names_save_and_choose_it(page, tmp_path):
     _wait_text(page, r"Saved dropped\.nc", timeout=60)
     choice = page.locator("select").filter(has=page.locator("option", has_text="dropped.nc"))
     assert choice.first.input_value() == "dropped.nc"
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def _picture(locator) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"), dtype=float)
+
+
+def test_the_flow_player_steps_in_the_page_and_comes_back(page):
+    """The player's frames are swapped into the drawn figure by the page: a step draws another
+    picture, and stepping back to the first draws the first picture again."""
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    page.get_by_text("Rollout", exact=True).first.click()
+    _wait_text(page, r"Flow player: ", timeout=60)
+    figure = page.locator(".flow-player").first
+    figure.locator("canvas").first.wait_for(timeout=30000)
+    time.sleep(1.5)
+    first = _picture(figure)
+    box = page.locator("input[type=range]").first.bounding_box()
+
+    def step_to(fraction):  # press on the slider there (the thumb jumps to the spot)
+        page.mouse.move(box["x"] + fraction * box["width"], box["y"] + box["height"] / 2)
+        page.mouse.down()
+        page.mouse.up()
+        time.sleep(1.5)
+        return _picture(figure)
+
+    late, back = step_to(0.9), step_to(0.0)
+    step = np.abs(late - first).mean()
+    assert step > 1.0, "a step did not change the picture"
+    assert np.abs(back - first).mean() < 0.05 * step, "the first step looks different the 2nd time"
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_a_left_tab_takes_its_figures_out_of_the_page(page):
+    """Each static figure is a Bokeh document in the page; leaving its tab drops it, so a
+    student flipping tabs all lesson does not pile them up."""
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    counts = []
+    for _ in range(3):
+        for tab, text in (("Symmetry breaking", "Symmetry breaking: "),
+                          ("Equivariance", "Model vs data")):
+            page.get_by_text(tab, exact=True).first.click()
+            _wait_text(page, text, timeout=60)
+            page.wait_for_function("() => window.Bokeh.documents.length > 1", timeout=30000)
+            time.sleep(1)
+            counts.append(page.evaluate("() => window.Bokeh.documents.length"))
+    # the app's own document and the shown tab's figures: the same after every round
+    assert counts[:2] == counts[2:4] == counts[4:6] and max(counts) <= 3, counts
     assert page.console_errors == [], "\n".join(page.console_errors)
