@@ -77,15 +77,18 @@ class ExplorerApp(pn.viewable.Viewer):
         self.rollout = RolloutView(self.state, active=False)
         self.equivariance = EquivarianceView(self.state, active=False)
         self.sweep = SweepView(self.state, active=False)
-        self.discovery = DiscoveryView(self.state, active=False)
+        # made when its tab is first shown: its widgets are a tenth of a session's start, and a
+        # discovery can only be started from it
+        self.discovery: DiscoveryView | None = None
+        self._discovery_slot = pn.Column(sizing_mode="stretch_width")
         tabs = [("Runs", self.catalog), ("Jobs", self.jobs),
-                 ("Symmetry breaking", self.breaking), ("Discovery", self.discovery),
+                 ("Symmetry breaking", self.breaking), ("Discovery", self._discovery_slot),
                  ("Rollout", self.rollout), ("Equivariance", self.equivariance),
                  ("Sweep", self.sweep)]
         self._tab_names = [name for name, _ in tabs]
         # dynamic: a tab's models are built and sent only when it is first shown
         self.tabs = pn.Tabs(*tabs, dynamic=True, sizing_mode="stretch_width")
-        self._views = [None, self.jobs, self.breaking, self.discovery, self.rollout,
+        self._views = [None, self.jobs, self.breaking, None, self.rollout,
                        self.equivariance, self.sweep]
         self.tabs.param.watch(self._show_tab, "active")
         self.state.param.watch(self._focus, "focus")
@@ -96,6 +99,10 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _show_tab(self, *_):
         """Only the shown view renders or streams plots (hidden plots cannot update)."""
+        discovery = self._tab_names.index("Discovery")
+        if self.tabs.active == discovery and self.discovery is None:
+            self.discovery = self._views[discovery] = DiscoveryView(self.state)
+            self._discovery_slot.objects = [self.discovery]
         for i, view in enumerate(self._views):
             if view is not None:
                 view.active = i == self.tabs.active
@@ -118,7 +125,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self.catalog.poll(rows)
             self.jobs.poll([r for r in rows if r["store"] == "runs"])
             self.experiment.poll()
-            self.discovery.poll()
+            if self.discovery is not None:
+                self.discovery.poll()
 
     def start(self) -> None:
         """Keep the views current: a served session joins the process's one :class:`Ticker`;
@@ -163,4 +171,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
 # what pn.state.served tests, without its walk through the call stack (some ms a session)
 if __name__.startswith("bokeh_app_"):
-    ExplorerApp().template().servable(title=TITLE)
+    # the page's models are walked once, not once for each root the template adds (eight
+    # walks; ~25 ms a session)
+    with pn.state.curdoc.models.freeze():
+        ExplorerApp().template().servable(title=TITLE)

@@ -140,34 +140,40 @@ class ExperimentPanel(pn.viewable.Viewer):
         self.banks = pn.widgets.IntSlider.from_param(s.num_banks, name="Filter banks L")
         self.alpha = pn.widgets.DiscreteSlider.from_param(s.alpha, name="Relaxation alpha "
                                                           "(0 = free, strict = strict model)")
-        budget = [pn.widgets.IntInput.from_param(p, name=n) for p, n in (
-            (s.epochs, "Epochs"), (s.batch_size, "Batch size"),
-            (s.batches_per_epoch, "Batches per epoch"), (s.hidden_dim, "Hidden width"),
-            (s.num_layers, "Layers"))]
-        self.lr = pn.widgets.FloatInput.from_param(s.lr, name="Learning rate", step=1e-4)
-        self.relaxed_lr = pn.widgets.FloatInput.from_param(
-            s.relaxed_lr, name="Relaxed-weight learning rate (empty: same)", step=1e-3)
-        self.device = pn.widgets.Select.from_param(s.device, name="Device")
         self.train_button = pn.widgets.Button(name="Train", button_type="primary")
         self.train_button.on_click(self._train)
-        self.scenario = pn.widgets.Select.from_param(s.scenario, name="Scenario")
-        self.breaking = pn.widgets.FloatSlider.from_param(s.breaking, name="Breaking", step=0.1)
-        self.new_name = pn.widgets.TextInput(name="File name", value="my_rotation.nc")
-        self.generate_button = pn.widgets.Button(name="Generate", button_type="default")
-        self.generate_button.on_click(self._generate)
-        self.generation = pn.indicators.Progress(value=0, max=100, visible=False,
-                                                 sizing_mode="stretch_width")
         self.status = pn.pane.Markdown("", sizing_mode="stretch_width")
+        self.new_name = None  # the generation card's widgets, made when it is first opened
         state.param.watch(self._sync_banks, "model")
         self._sync_banks()
         self._layout = pn.Column(
             "### Experiment", self.dataset, self.group, self.model, self.banks, self.alpha,
-            _folded("Training budget", lambda: [*budget, self.lr, self.relaxed_lr, self.device]),
-            self.train_button, self.status,
-            _folded("Generate a dataset", lambda: [self.scenario, self.breaking, self.new_name,
-                                                   self.generate_button, self.generation]),
+            _folded("Training budget", self._budget), self.train_button, self.status,
+            _folded("Generate a dataset", self._generation),
             _folded("Bring your own data", lambda: [ImportPanel(state)]),
             sizing_mode="stretch_width")
+
+    def _budget(self) -> list:
+        s = self.state.param
+        return [*(pn.widgets.IntInput.from_param(p, name=n) for p, n in (
+                    (s.epochs, "Epochs"), (s.batch_size, "Batch size"),
+                    (s.batches_per_epoch, "Batches per epoch"), (s.hidden_dim, "Hidden width"),
+                    (s.num_layers, "Layers"))),
+                pn.widgets.FloatInput.from_param(s.lr, name="Learning rate", step=1e-4),
+                pn.widgets.FloatInput.from_param(
+                    s.relaxed_lr, name="Relaxed-weight learning rate (empty: same)", step=1e-3),
+                pn.widgets.Select.from_param(s.device, name="Device")]
+
+    def _generation(self) -> list:
+        s = self.state.param
+        self.new_name = pn.widgets.TextInput(name="File name", value="my_rotation.nc")
+        self.generation = pn.indicators.Progress(value=0, max=100, visible=False,
+                                                 sizing_mode="stretch_width")
+        generate = pn.widgets.Button(name="Generate", button_type="default")
+        generate.on_click(self._generate)
+        return [pn.widgets.Select.from_param(s.scenario, name="Scenario"),
+                pn.widgets.FloatSlider.from_param(s.breaking, name="Breaking", step=0.1),
+                self.new_name, generate, self.generation]
 
     def _sync_banks(self, *_):
         self.banks.disabled = self.state.model != "rgroup"
@@ -197,6 +203,8 @@ class ExperimentPanel(pn.viewable.Viewer):
         """Called when the shared listing changed: datasets saved or generated in other
         sessions, and this session's generation progress."""
         self.state.refresh_datasets()
+        if self.new_name is None:  # no generation card yet: none was started here
+            return
         record = self.state.services.generations.get(self.new_name.value.strip())
         if not record:
             return
