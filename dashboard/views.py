@@ -58,22 +58,44 @@ def _notify(kind: str, text: str) -> None:
 
 class _Shared:
     """Figures rendered once per process and shown by every session (:func:`_static`,
-    :func:`_animate`): no session runs HoloViews' plotting for them. LRU by key."""
+    :func:`_animate`): no session runs HoloViews' plotting for them. LRU by key. Sessions
+    asking for the same missing figure at once wait for one rendering of it (a flow player's
+    frames take ~2 s); different figures render side by side."""
 
     def __init__(self, size: int = 64):
         self.size, self.items = size, OrderedDict()
+        self.making: dict = {}  # key -> [lock, sessions waiting on it]
 
-    def get(self, key, make):
+    def _cached(self, key):
         with _lock:
             if key in self.items:
                 self.items.move_to_end(key)
-                return self.items[key]
-        value = make()
+                return True, self.items[key]
+        return False, None
+
+    def get(self, key, make):
+        found, value = self._cached(key)
+        if found:
+            return value
         with _lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
+            entry = self.making.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                found, value = self._cached(key)  # made while this one waited
+                if found:
+                    return value
+                value = make()
+                with _lock:
+                    self.items[key] = value
+                    while len(self.items) > self.size:
+                        self.items.popitem(last=False)
+                return value
+        finally:
+            with _lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self.making[key]
 
 
 _figures = _Shared()

@@ -314,3 +314,32 @@ def test_progress_alone_sends_nothing_to_the_table(state):
     assert catalog.table.value.iloc[1]["state"] == "done"
     assert catalog.table.value.iloc[1]["future RMSE"] == 0.5
     assert [sorted(cells) for cells in sent] == [["future RMSE", "state"]]
+
+
+def test_sessions_asking_for_one_missing_figure_at_once_wait_for_one_rendering():
+    import threading
+    import time
+
+    from dashboard.views import _Shared
+
+    shared, made, start = _Shared(size=4), [], threading.Barrier(6)
+
+    def make():
+        made.append(1)
+        time.sleep(0.2)  # long enough for every other session to ask meanwhile
+        return object()
+
+    got = []
+
+    def session(key):
+        start.wait()
+        got.append((key, shared.get(key, make)))
+
+    threads = [threading.Thread(target=session, args=("a" if i < 4 else f"b{i}",))
+               for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 3  # "a" once, "b4" and "b5" once each
+    assert len({id(v) for k, v in got if k == "a"}) == 1 and shared.making == {}
