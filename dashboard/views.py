@@ -109,11 +109,16 @@ def _animate(rollout: xr.Dataset, quantity: str, arrows: int):
     return animation_json(frames) if isinstance(frames, hv.HoloMap) else figure_json(frames)
 
 
-def _static(key: tuple, make) -> StaticFigure:
+def _rendered(key: tuple, make):
     """The figure ``make()`` builds, rendered to Bokeh JSON once per process and ``key`` (what
-    the figure shows, and every version it depends on) and drawn by each page's BokehJS: a
+    the figure shows, and every version it depends on), for each page's BokehJS to draw: a
     session's tab costs the server a string, not HoloViews' plotting and Bokeh's model walks."""
-    return StaticFigure.of(_figures.get(("static", *key), lambda: figure_json(make())))
+    return _figures.get(("static", *key), lambda: figure_json(make()))
+
+
+def _static(key: tuple, make) -> StaticFigure:
+    """:func:`_rendered` in its component."""
+    return StaticFigure.of(_rendered(key, make))
 
 
 def _file_version(path) -> tuple:
@@ -398,9 +403,9 @@ class JobsView(pn.viewable.Viewer):
         self.state = state
         self._states: dict[str, str] = {}
         self.rows = pn.Column(sizing_mode="stretch_width")
-        # replaced once per epoch (a streamed overlay whose legend grows breaks bokeh's views);
-        # empty until the tab is first shown
-        self.curves = pn.pane.HoloViews(None, sizing_mode="stretch_width", min_height=300)
+        # a new figure once per epoch, rendered once for every session watching (a streamed
+        # overlay whose legend grows breaks bokeh's views); empty until the tab is first shown
+        self.curves = StaticFigure(sizing_mode="stretch_width", height=300)
         self._watched: tuple | None = None
         self._widgets: dict[str, dict] = {}
         self._order: list[str] | None = None
@@ -463,18 +468,19 @@ class JobsView(pn.viewable.Viewer):
         watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
                        rows[-1]["id"] if rows else None)
         if watched is None:
-            if self.curves.object is None:
-                self.curves.object = plots.training_curves([])
+            if not self.curves.item:
+                self.curves.item = _rendered(("training curves",),
+                                             lambda: plots.training_curves([])).item
             return
         try:
             run = self.state.services.store.get(watched)
-            metrics_file = run.path / "metrics.nc"
-            stamp = (watched, metrics_file.stat().st_mtime if metrics_file.exists() else None)
+            stamp = (watched, _file_version(run.path / "metrics.nc"))
             if stamp != self._watched:
                 self._watched = stamp
                 metrics = cached_metrics(run)
-                self.curves.object = plots.training_curves(metrics if metrics is not None else [],
-                                                           label=watched)
+                self.curves.item = _rendered(("training curves", *stamp), lambda: (
+                    plots.training_curves(metrics if metrics is not None else [],
+                                          label=watched))).item
         except (RunError, FileNotFoundError):  # deleted meanwhile: the next listing drops it
             self._watched = None
 

@@ -172,6 +172,11 @@ def test_jobs_view_trains_and_reports(state):
     text = next(str(row.objects[0].object) for row in jobs.rows.objects
                 if run_id in str(row.objects[0].object))
     assert "done" in text and "device cpu" in text  # from the shared listing's job status
+    # the watched run's curves, rendered once for every session that watches it
+    assert "train_loss" in jobs.curves.item and run_id in jobs.curves.item
+    other = JobsView(ExperimentState(state.services))
+    other.poll()
+    assert other.curves.item is jobs.curves.item
 
 
 def test_a_hidden_jobs_tab_changes_nothing_until_shown(state, monkeypatch):
