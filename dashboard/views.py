@@ -586,17 +586,21 @@ class RunsCatalog(pn.viewable.Viewer):
 
 
 @lru_cache(maxsize=16)
-def _evidence(path: str, mtime: float):
+def _evidence(path: str, version: tuple):
     from core.discovery import Discovery
 
     return Discovery(path).evidence()
 
 
+def _evidence_version(record) -> tuple:
+    """What tells one version of a finished discovery's evidence from the next."""
+    return _file_version(record.path / "evidence.nc")
+
+
 def evidence_of(record):
-    """A finished discovery's evidence Dataset, cached per evidence file."""
-    path = record.path / "evidence.nc"
+    """A finished discovery's evidence Dataset, cached per version of the evidence file."""
     with _lock:
-        return _evidence(str(record.path), path.stat().st_mtime)
+        return _evidence(str(record.path), _evidence_version(record))
 
 
 DISCOVERY_HELP = """
@@ -747,7 +751,7 @@ class DiscoveryView(pn.viewable.Viewer):
                     evidence = evidence_of(record)
                     objects = [pn.pane.Markdown(_verdict_text(record, evidence),
                                                 sizing_mode="stretch_width")]
-                    version = _file_version(record.path / "evidence.nc")
+                    version = _evidence_version(record)
                     figures = ((plots.discovery_maps, plots.boundary_profile)
                                if evidence.attrs["kind"] == "translation" else
                                (plots.discovery_gains, plots.discovery_weights))
