@@ -1,6 +1,6 @@
 """State and views without a server: valid choices, refusals, rendering on real runs."""
+import json
 import shutil
-from pathlib import Path
 
 import panel as pn
 import pytest
@@ -11,18 +11,19 @@ from dashboard.embed import StaticFigure
 from dashboard.state import STRICT_OF, ExperimentState, Services, alpha_value, valid_models
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, JobsView,
                              RolloutView, RunsCatalog, SweepView)
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.workspace import shipped_workspace
 
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
-    data = tmp_path_factory.mktemp("data")
+    work = tmp_path_factory.mktemp("project")
+    data = shipped_workspace(work)
     save_dataset(generate("rotation", grid=16, steps=80, sims=8, device="cpu"), data / "tiny.nc")
-    shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained")
-    services = Services(data_root=data, runs_root=tmp_path_factory.mktemp("runs"))
-    yield services
-    services.jobs.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)  # where the shipped runs' data/NAME.nc are found
+        services = Services(data_root=data, runs_root=tmp_path_factory.mktemp("runs"))
+        yield services
+        services.jobs.shutdown()
 
 
 @pytest.fixture
@@ -121,15 +122,21 @@ def test_a_hidden_view_lets_go_of_its_plots(state):
     assert shown.body.objects
 
 
-def test_rollout_view_without_the_dataset_explains(state):
-    state.selected_runs = ["rotation-gconv-C4"]  # its dataset (data/rotation.nc) may be absent
+def test_rollout_view_without_the_dataset_explains(state, services, tmp_path):
+    """A run whose dataset has moved away shows why there is no rollout, and how to get one."""
+    moved = services.store.root / "rotation-gconv-C4-moved"
+    shutil.copytree(services.run("rotation-gconv-C4").path, moved,
+                    ignore=shutil.ignore_patterns("evaluation"))
+    spec = json.loads((moved / "spec.json").read_text())
+    spec["dataset"]["path"] = str(tmp_path / "moved.nc")
+    (moved / "spec.json").write_text(json.dumps(spec))
+    state.selected_runs = [moved.name]
     shown = RolloutView(state)
-    assert shown.body.objects  # either the player or a readable message, never an exception
+    (message,) = shown.body.objects
+    assert "moved.nc" in message.object and "is not here" in message.object
 
 
 def test_rollout_arrows_are_off_until_asked_for(state):
-    import json
-
     state.dataset, state.group, state.model, state.alpha = "tiny.nc", "C4", "rgroup", "1e-3"
     state.epochs, state.batches_per_epoch, state.hidden_dim = 1, 2, 8
     run_id = state.submit()

@@ -1,10 +1,10 @@
 """A real `panel serve` of the dashboard on loopback, driven by Debian's Chromium via Playwright.
 
-The server gets its own data folder (a tiny generated dataset plus a copy of the shipped runs)
-and its own run store, so tests never touch the project's files.
+The server gets its own project folder (:func:`tests.workspace.shipped_workspace`, plus tiny
+datasets for training) and its own run store, so tests never touch the project's files and see
+what a clean clone after `make data` shows.
 """
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from core.datasets import generate, save_dataset
+from tests.workspace import shipped_workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("REE_CHROMIUM", "/usr/bin/chromium")
@@ -33,19 +34,21 @@ def _free_port() -> int:
 def dashboard_url(tmp_path_factory):
     if not Path(CHROMIUM).exists():
         pytest.fail(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
-    data = tmp_path_factory.mktemp("data")
+    work = tmp_path_factory.mktemp("project")  # the server's working folder
+    data = shipped_workspace(work)
     save_dataset(generate("rotation", grid=16, steps=80, sims=8, device="cpu"), data / "tiny.nc")
     save_dataset(generate("rotation", grid=16, steps=80, sims=12, breaking=4.0, device="cpu"),
                  data / "orbits.nc")  # enough orbits for a discovery
-    shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained")
     runs = tmp_path_factory.mktemp("runs")
     port = _free_port()
-    env = dict(os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     log = open(tmp_path_factory.mktemp("log") / "server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "panel", "serve", "dashboard/app.py", "--address", "127.0.0.1",
-         "--port", str(port), "--allow-websocket-origin", f"127.0.0.1:{port}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [sys.executable, "-m", "panel", "serve", str(ROOT / "dashboard" / "app.py"),
+         "--address", "127.0.0.1", "--port", str(port),
+         "--allow-websocket-origin", f"127.0.0.1:{port}"],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/app"
     deadline = time.time() + 60
     while time.time() < deadline:

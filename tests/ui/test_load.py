@@ -4,25 +4,14 @@ The server gets its own folder: small 64x64 datasets under the names the shipped
 (data/rotation.nc, data/translation.nc) and a copy of the shipped runs. Limits are generous; wall
 times are reported, never asserted.
 """
-import shutil
-from pathlib import Path
-
 import pytest
 
-from core.datasets import generate, save_dataset
 from tests import loadtest
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.workspace import shipped_workspace
 
 
 def test_four_sessions_tour_the_tabs_without_errors(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for scenario, sims in (("rotation", 8), ("translation", 4)):
-        save_dataset(generate(scenario, grid=64, steps=80, sims=sims, device="cpu"),
-                     data / f"{scenario}.nc")
-    shutil.copytree(ROOT / "data" / "pretrained", data / "pretrained",
-                    ignore=shutil.ignore_patterns("evaluation"))
+    data = shipped_workspace(tmp_path)
     # sessions dropped 15 s after closing, not the class setting's 2 minutes: a shorter test
     result = loadtest.run(4, timeout=240, moves=6, data=data, cwd=tmp_path,
                           unused_session_ms=15000, say=print)
