@@ -63,7 +63,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
-        pn.extension("tabulator", "filedropper", notifications=True)
+        pn.extension("filedropper", notifications=True)
         # once per server process (dashboard/warm.py does it before any session; 16 ms each);
         # a notebook loads it with each app, for the page's scripts
         if _session_doc() is None or hv.renderer("bokeh").webgl:

@@ -42,10 +42,11 @@ METRIC_LABELS = {
     "breaking_score": "breaking score",
 }
 # no progress column: a running job's progress is in the Jobs tab. In the table every change of
-# it cost every open page a rebuild of the whole table (Tabulator's setData), and a class's twenty
-# pages rebuilding together held up the slider of whoever was exploring (BENCHMARKS.md)
+# it cost every open page a rebuild of the whole table, and a class's twenty pages rebuilding
+# together held up the slider of whoever was exploring (BENCHMARKS.md)
 TABLE_COLUMNS = ("model", "group", "banks", "alpha", "dataset", "state",
                  "future RMSE", "domain RMSE", "equivariance error", "created")
+NUMERIC_TABLE_COLUMNS = ("banks", "alpha", "future RMSE", "domain RMSE", "equivariance error")
 
 _SIZE = dict(responsive=True, min_height=250)
 _X = hv.Dimension("x", label="x", unit="cells")
@@ -875,7 +876,7 @@ def _created(value) -> str:
 
 
 def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
-    """:meth:`core.runs.RunStore.list` rows as a DataFrame for a Tabulator: columns
+    """:meth:`core.runs.RunStore.list` rows as a DataFrame for the runs table: columns
     :data:`TABLE_COLUMNS`, indexed by run id ("run"); missing numbers are NaN/<NA>, missing
     text "", created as "YYYY-MM-DD HH:MM:SS" (UTC)."""
     ids, records = [], []
@@ -897,6 +898,7 @@ def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
         })
     frame = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS),
                                       index=pd.Index(ids, name="run", dtype=object))
+    frame.index.name = "run"  # from_records drops it when there are no rows
     banks = frame["banks"].astype(float)
     frame["banks"] = pd.array([int(b) if math.isfinite(b) else None for b in banks],
                               dtype="Int64")

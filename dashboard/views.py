@@ -15,7 +15,6 @@ from functools import lru_cache, partial
 
 import holoviews as hv
 import numpy as np
-import pandas as pd
 import panel as pn
 import param
 import xarray as xr
@@ -29,6 +28,7 @@ from core.runs import RunError
 from . import plots
 from .embed import StaticFigure, animation_json, figure_json
 from .state import STRICT_OF, UPLOAD_LIMIT_MB, ExperimentState, safe_name
+from .table import RunsTable, table_rows
 from .upload import StreamingDropper
 
 EXPLANATION = """
@@ -494,9 +494,9 @@ class RunsCatalog(pn.viewable.Viewer):
     def __init__(self, state: ExperimentState, **params):
         super().__init__(**params)
         self.state = state
-        self.table = pn.widgets.Tabulator(plots.runs_table_frame([]), selectable="checkbox",
-                                          disabled=True, sizing_mode="stretch_width",
-                                          show_index=True, max_height=520)
+        self.frame = plots.runs_table_frame([])  # what the table shows, as data
+        self.table = RunsTable.of(self.frame, numeric=plots.NUMERIC_TABLE_COLUMNS,
+                                  sizing_mode="stretch_width")
         self.table.param.watch(self._selected, "selection")
         self.delete = pn.widgets.Button(name="Delete selected", button_type="danger")
         self.confirm = pn.widgets.Button(name="Confirm delete", button_type="danger", visible=False)
@@ -515,19 +515,22 @@ class RunsCatalog(pn.viewable.Viewer):
         rows = self.state.services.catalog() if rows is None else rows
         ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
-        if ids == self._ids and self._patch(frame):
-            pass  # same runs: changed cells only (a run's state, its metrics), selection untouched
-        elif ids != self._ids or not frame.equals(self.table.value):
+        cells = table_rows(frame)
+        if ids == self._ids:
+            if cells != self.table.rows:  # a run's state or metrics: the selection stays
+                self.table.rows = cells
+        else:
             kept = [i for i in self.state.selected_runs if i in ids]
             self._ids = ids
-            self._refreshing = True  # a new table value resets the selection: not the user's
+            self._refreshing = True  # the positions of the chosen runs move: not the user's
             try:
-                self.table.value = frame
+                self.table.rows = cells
                 self.table.selection = [ids.index(i) for i in kept]
             finally:
                 self._refreshing = False
             if kept != self.state.selected_runs:  # a selected run disappeared
                 self._apply_selection(kept)
+        self.frame = frame
         if not self._opened and ids:  # open on a finished run; later the user decides
             done = [i for i, r in enumerate(rows) if r["state"] == "done"]
             # a relaxed one first: the app's first picture is its learned symmetry breaking
@@ -535,23 +538,6 @@ class RunsCatalog(pn.viewable.Viewer):
             if done and not self.state.selected_runs:
                 self.table.selection = done[:1]
             self._opened = bool(done)
-
-    def _patch(self, frame) -> bool:
-        """Send only the cells that changed (a run's state, its metrics when done): nothing at
-        all while a job only makes progress, although every session is refreshed then."""
-        old = self.table.value
-        if old is None or list(old.columns) != list(frame.columns) or len(old) != len(frame):
-            return False
-        patches = {}
-        for column in frame.columns:
-            for pos, (a, b) in enumerate(zip(old[column].astype(object),
-                                             frame[column].astype(object))):
-                same = (pd.isna(a) and pd.isna(b)) if (pd.isna(a) or pd.isna(b)) else a == b
-                if not same:
-                    patches.setdefault(column, []).append((old.index[pos], b))
-        if patches:
-            self.table.patch(patches)
-        return True
 
     def _selected(self, event):
         if not self._refreshing:

@@ -70,7 +70,8 @@ def test_file_choices_stay_inside_the_data_folder(services, name):
 def test_catalog_lists_shipped_runs_and_selects_one(state):
     catalog = RunsCatalog(state)
     catalog.poll()
-    assert "rotation-rgroup-C4" in list(catalog.table.value.index)
+    assert "rotation-rgroup-C4" in list(catalog.frame.index)
+    assert [row[0] for row in catalog.table.rows] == list(catalog.frame.index)
     assert len(state.selected_runs) == 1
     # it opens on a run with relaxed weights (listed after rotation-conv): a breaking picture
     assert state.selected_runs[0].split("-")[1] in STRICT_OF
@@ -296,36 +297,37 @@ def test_a_changing_listing_keeps_the_selection_without_re_rendering(state):
     assert state.selected_runs == []
 
 
-def test_state_changes_patch_cells_and_keep_the_table(state):
+def test_state_changes_update_the_row_and_keep_the_selection(state):
     catalog = RunsCatalog(state)
     rows = [dict(r) for r in state.services.catalog()]
     catalog.poll(rows)
-    table = catalog.table.value
+    catalog.table.selection = [2]
+    chosen = list(state.selected_runs)
     rows[1]["progress"], rows[1]["state"] = 0.25, "running"
     catalog.poll(rows)
-    assert catalog.table.value is table  # patched in place, not replaced
-    assert catalog.table.value.iloc[1]["state"] == "running"
+    assert catalog.frame.iloc[1]["state"] == "running"
+    assert catalog.table.rows[1][catalog.table.columns.index("state")] == "running"
+    assert catalog.table.selection == [2] and state.selected_runs == chosen
 
 
 def test_progress_alone_sends_nothing_to_the_table(state):
-    """Every open page rebuilds the whole table for a patch: a running job's progress (shown
-    by the Jobs tab) must not reach it; its end, with the run's metrics, does."""
+    """Every open page redraws the table for a change: a running job's progress (shown by the
+    Jobs tab) must not reach it; its end, with the run's metrics, does."""
     catalog = RunsCatalog(state)
     rows = [dict(r) for r in state.services.catalog()]
     rows[1]["progress"], rows[1]["state"] = 0.1, "running"
     catalog.poll(rows)
-    sent, patch = [], catalog.table.patch
-    catalog.table.patch = lambda cells: (sent.append(cells), patch(cells))  # seen, then sent
-    before = catalog.table.value.copy()
+    sent = []
+    catalog.table.param.watch(sent.append, ["rows", "selection"])
     for progress in (0.2, 0.3, 0.9):
         rows[1]["progress"] = progress
         catalog.poll(rows)
-    assert sent == [] and catalog.table.value.equals(before)
+    assert sent == []
     rows[1]["progress"], rows[1]["state"], rows[1]["future_rmse"] = 1.0, "done", 0.5
     catalog.poll(rows)
-    assert catalog.table.value.iloc[1]["state"] == "done"
-    assert catalog.table.value.iloc[1]["future RMSE"] == 0.5
-    assert [sorted(cells) for cells in sent] == [["future RMSE", "state"]]
+    assert [event.name for event in sent] == ["rows"]
+    row = dict(zip(catalog.table.columns, catalog.table.rows[1]))
+    assert row["state"] == "done" and row["future RMSE"] == "0.5"
 
 
 def test_sessions_asking_for_one_missing_figure_at_once_wait_for_one_rendering():

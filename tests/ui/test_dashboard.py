@@ -118,10 +118,10 @@ def test_tiny_training_reaches_done_renders_and_survives_reload(page):
     page.get_by_text("Jobs", exact=True).first.click()
     _wait_text(page, rf"{run_id} · done", timeout=180)
     page.get_by_text("Runs", exact=True).first.click()
-    ours = page.locator(".tabulator-row", has_text=run_id)
+    ours = page.locator("tr.run-row", has_text=run_id)
     ours.first.wait_for(timeout=30000)
     # select only the new run
-    for row in page.locator(".tabulator-row").all():
+    for row in page.locator("tr.run-row").all():
         box = row.locator("input[type=checkbox]")
         if box.count() and box.is_checked():
             box.click()
@@ -138,6 +138,37 @@ def test_tiny_training_reaches_done_renders_and_survives_reload(page):
     page.reload()
     page.wait_for_selector("text=Experiment", timeout=60000)
     _wait_text(page, run_id, timeout=30)
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_the_runs_table_sorts_in_the_page_and_a_clicked_row_is_shown(page):
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    table = page.locator("table", has=page.locator("tr.run-row")).first
+    names = [t.strip(" \u25B2\u25BC") for t in table.locator("thead th").all_inner_texts()]
+    column = names.index("future RMSE")  # the checkbox's column counts: cells line up
+
+    def values():
+        return table.locator("tr.run-row").evaluate_all(
+            f"rows => rows.map(r => r.cells[{column}].textContent)")
+
+    header = table.locator("thead th").nth(column)
+    for descending in (False, True):
+        header.click()
+        shown = values()
+        numbers = [float(v) for v in shown if v]
+        assert numbers == sorted(numbers, reverse=descending) and len(numbers) >= 2
+        assert shown[:len(numbers)] == [v for v in shown if v]  # empty cells last
+    assert header.get_attribute("aria-sort") == "descending"
+    # only one run checked, by a click on its row: the tabs show it
+    for box in table.locator("tr.run-row input[type=checkbox]").all():
+        if box.is_checked():
+            box.click()
+    assert table.locator("tr.run-row.selected").count() == 0
+    table.locator("tr.run-row", has_text="rotation-gconv-C4").locator("td").last.click()
+    assert [t.split()[0] for t in table.locator("tr.run-row.selected").all_inner_texts()] == [
+        "rotation-gconv-C4"]
+    page.get_by_text("Equivariance", exact=True).first.click()
+    _wait_text(page, r"Equivariance: rotation-gconv-C4", timeout=60)
     assert page.console_errors == [], "\n".join(page.console_errors)
 
 
