@@ -106,9 +106,15 @@ class RunsTable(JSComponent):
           th.setAttribute("aria-sort", sorted ? (order.descending ? "descending" : "ascending")
                                               : "none");
           if (numeric.has(name)) th.className = "number";
-          th.addEventListener("click", () => {
+          th.tabIndex = 0;  // sorts from the keyboard too
+          const sort = () => {
             order = { column, descending: sorted ? !order.descending : false };
             draw();
+            head.querySelectorAll("th")[column + 1]?.focus();
+          };
+          th.addEventListener("click", sort);
+          th.addEventListener("keydown", (event) => {
+            if (event.key === "Enter" || event.key === " ") { event.preventDefault(); sort(); }
           });
           return th;
         });
