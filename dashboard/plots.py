@@ -897,8 +897,8 @@ def runs_table_frame(rows: Sequence[Mapping]) -> pd.DataFrame:
             "created": _created(r.get("created")),
         })
     frame = pd.DataFrame.from_records(records, columns=list(TABLE_COLUMNS),
-                                      index=pd.Index(ids, name="run", dtype=object))
-    frame.index.name = "run"  # from_records drops it when there are no rows
+                                      index=pd.Index(ids, dtype=object))
+    frame.index.name = "run"  # set after: from_records drops the index's name when it has no rows
     banks = frame["banks"].astype(float)
     frame["banks"] = pd.array([int(b) if math.isfinite(b) else None for b in banks],
                               dtype="Int64")

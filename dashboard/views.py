@@ -503,7 +503,6 @@ class RunsCatalog(pn.viewable.Viewer):
         self.delete.on_click(lambda _e: setattr(self.confirm, "visible", True))
         self.confirm.on_click(self._delete)
         self.downloads = pn.Row()
-        self._ids: list[str] = []
         self._opened = False
         self._refreshing = False
         self._layout = pn.Column("### Runs", self.table,
@@ -513,15 +512,15 @@ class RunsCatalog(pn.viewable.Viewer):
     def poll(self, rows: list[dict] | None = None) -> None:
         """Update from the catalog's rows (listed here unless the caller has them)."""
         rows = self.state.services.catalog() if rows is None else rows
-        ids = [r["id"] for r in rows]
         frame = plots.runs_table_frame(rows)
+        ids, shown = list(frame.index), list(self.frame.index)
+        self.frame = frame
         cells = table_rows(frame)
-        if ids == self._ids:
+        if ids == shown:
             if cells != self.table.rows:  # a run's state or metrics: the selection stays
                 self.table.rows = cells
         else:
             kept = [i for i in self.state.selected_runs if i in ids]
-            self._ids = ids
             self._refreshing = True  # the positions of the chosen runs move: not the user's
             try:
                 self.table.rows = cells
@@ -530,7 +529,6 @@ class RunsCatalog(pn.viewable.Viewer):
                 self._refreshing = False
             if kept != self.state.selected_runs:  # a selected run disappeared
                 self._apply_selection(kept)
-        self.frame = frame
         if not self._opened and ids:  # open on a finished run; later the user decides
             done = [i for i, r in enumerate(rows) if r["state"] == "done"]
             # a relaxed one first: the app's first picture is its learned symmetry breaking
@@ -541,7 +539,8 @@ class RunsCatalog(pn.viewable.Viewer):
 
     def _selected(self, event):
         if not self._refreshing:
-            self._apply_selection([self._ids[i] for i in event.new if i < len(self._ids)])
+            ids = list(self.frame.index)
+            self._apply_selection([ids[i] for i in event.new if i < len(ids)])
 
     def _apply_selection(self, run_ids: list[str]) -> None:
         self.state.selected_runs = run_ids
