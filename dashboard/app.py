@@ -11,6 +11,7 @@ import holoviews as hv
 import panel as pn
 
 from dashboard import plots
+from dashboard.gate import DRAWS, page_key
 from dashboard.state import ExperimentState, Services
 from dashboard.ticker import Ticker
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, ExperimentPanel,
@@ -96,6 +97,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self.state.param.watch(self._focus, "focus")
         self._seen = None  # the version of the shared listing shown last
         self._stop = None  # ends the refreshing started by start()
+        self._first_screen_drawn = None  # ends the page's turn to draw (a served session)
         self._show_tab()
         self.refresh()
 
@@ -142,6 +144,10 @@ class ExplorerApp(pn.viewable.Viewer):
             # bound now: under panel serve this module's globals are gone when a session closes
             self._stop = partial(ticker.remove, doc)
             pn.state.on_session_destroyed(self._closed)
+            # the page's turn to draw its first screen (dashboard/gate.py) ends once it is
+            # drawn, or when it closes first (bound now, as the ticker's remove)
+            self._first_screen_drawn = partial(DRAWS.release, page_key(doc.session_context.id))
+            pn.state.onload(self._first_screen_drawn)
         else:
             self._stop = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS).stop
 
@@ -150,6 +156,8 @@ class ExplorerApp(pn.viewable.Viewer):
         N = 20, it gave the other sessions' pages 'reference isn't known' errors; the ticker
         releases memory once the last session has gone, :func:`dashboard.ticker.release_memory`.)"""
         self._stop()
+        if self._first_screen_drawn is not None:  # closed before it was drawn
+            self._first_screen_drawn()
 
     def template(self) -> pn.template.BootstrapTemplate:
         # Bootstrap: all resources are served locally (the Fast design fetches web fonts).

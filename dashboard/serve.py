@@ -9,6 +9,10 @@ One place for the server's settings (the load test uses the same):
 * sessions whose page has not connected, or that were closed, are dropped after
   :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`), their objects freed for
   later sessions; a callback pool of :data:`THREADS` threads;
+* while the machine is busy, pages load their first screen a few at a time, in the order they
+  came (:mod:`dashboard.gate`; ``--draw-slots``, default the cores);
+* ``/liveness`` answers once the server is up and warmed (for a health check that makes no
+  session);
 * loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network;
 * when the last session has closed the server collects garbage and trims its heap
   (:func:`dashboard.ticker.release_memory`); ``--release-memory`` starts it with Python's
@@ -23,6 +27,8 @@ import argparse
 import os
 import sys
 from pathlib import Path
+
+from dashboard.gate import SLOTS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -48,6 +54,7 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(min(CHECK_SESSIONS_MS, unused_session_ms)),
            "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS),
+           "--liveness",
            # uploads arrive in chunks; no websocket message may exceed the upload limit
            "--websocket-max-message-size", str(UPLOAD_LIMIT_MB * 2 ** 20)]
     for o in origins:
@@ -55,14 +62,22 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
     return cmd + list(extra or [])
 
 
-def server_env(release_memory: bool = False, base: dict | None = None) -> dict:
+def server_env(release_memory: bool = False, base: dict | None = None,
+               draw_slots: int | None = None) -> dict:
     """The server process's environment: ``base`` (default: this process's), with
     ``PYTHONMALLOC=malloc`` when ``release_memory``. Python's own allocator is faster for the
     many small objects a session builds but keeps each 1 MiB arena while one object lives in it,
-    so a server that served a class stays near its peak memory (reused by later sessions)."""
+    so a server that served a class stays near its peak memory (reused by later sessions).
+    ``draw_slots``: how many pages load their first screen at once while the machine is busy
+    (0: all at once;
+    None: as ``base`` says, else the machine's cores; :mod:`dashboard.gate`)."""
     env = dict(os.environ if base is None else base)
     if release_memory:
         env["PYTHONMALLOC"] = "malloc"
+    if draw_slots is not None:
+        if draw_slots < 0:
+            raise ValueError(f"draw slots must be 0 (all at once) or more, got {draw_slots}")
+        env[SLOTS_ENV] = str(draw_slots)
     return env
 
 
@@ -91,15 +106,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=1, help="server processes (panel --num-procs)")
     p.add_argument("--no-precompute", action="store_true",
                    help="start at once; sessions compute missing analyses on first use")
+    p.add_argument("--draw-slots", type=int, default=None, metavar="N",
+                   help="while the machine is busy, N pages load their first screen at a "
+                        "time, in the order they came (default: the machine's cores; 0: all "
+                        "at once)")
     p.add_argument("--release-memory", action="store_true",
                    help="hand a class's memory back to the system when its sessions have closed "
                         "(Python's small objects in the C allocator: some CPU per session)")
     args = p.parse_args(argv)
+    if args.draw_slots is not None and args.draw_slots < 0:
+        p.error(f"--draw-slots must be 0 (all at once) or more, got {args.draw_slots}")
     if not args.no_precompute:
         print("precomputing the runs' analyses (once; quick when they exist) ...", flush=True)
         precompute_shipped()
     cmd = panel_command(args.address, args.port, args.origin, args.procs, extra)
-    os.execve(sys.executable, cmd, server_env(args.release_memory))
+    os.execve(sys.executable, cmd, server_env(args.release_memory, draw_slots=args.draw_slots))
     return 0  # pragma: no cover - execve does not return
 
 

@@ -10,6 +10,9 @@ Then everything the process holds so far (modules, the shared caches: some 800 0
 moved out of the garbage collector's sight with :func:`gc.freeze`: it lives as long as the
 process, and each full collection under a class's load would otherwise walk all of it again,
 holding every session's callbacks for about 0.5 s each time (BENCHMARKS.md, 2026-12-01).
+
+Last, the process's draw queue is turned on (:mod:`dashboard.gate`): while the machine is busy,
+``REE_DRAW_SLOTS`` pages (default: the cores) load their first screen at a time.
 """
 import gc
 import logging
@@ -17,6 +20,7 @@ import logging
 from bokeh.settings import settings
 
 from dashboard import plots
+from dashboard.gate import DRAWS, hold_first_screens, slots_from_env
 from dashboard.state import ExperimentState, Services
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, RolloutView,
                              RunsCatalog, SweepView)
@@ -45,5 +49,12 @@ def warm() -> None:
 
 
 warm()
+# first screens load in turn while the machine is busy (dashboard/gate.py)
+DRAWS.configure(slots_from_env())
+if DRAWS.enabled:
+    hold_first_screens(DRAWS)
+print("dashboard: first screens load "
+      + (f"{DRAWS.slots} at a time while the machine is busy" if DRAWS.enabled else "all at once"),
+      flush=True)
 gc.collect()  # what the warm-up left as garbage goes now; the rest is kept for good
 gc.freeze()

@@ -79,7 +79,8 @@ class Server:
     """``panel serve`` as dashboard.serve runs it, in its own process group."""
 
     def __init__(self, data: Path, runs: Path, log: Path, cwd: Path = ROOT,
-                 unused_session_ms: int | None = None, release_memory: bool = False):
+                 unused_session_ms: int | None = None, release_memory: bool = False,
+                 draw_slots: int | None = None):
         from dashboard.serve import (UNUSED_SESSION_MS, panel_command, precompute_shipped,
                                      server_env)
 
@@ -87,7 +88,8 @@ class Server:
         self.port = _free_port()
         env = server_env(release_memory, dict(
             os.environ, REE_DATA=str(data), REE_RUNS=str(runs), PYTHONUNBUFFERED="1",
-            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
+            PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))),
+            draw_slots=draw_slots)
         saved = {k: os.environ.get(k) for k in ("REE_DATA", "REE_RUNS")}
         os.environ.update(REE_DATA=str(data), REE_RUNS=str(runs))
         here = Path.cwd()
@@ -106,8 +108,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}/app"
         deadline = time.time() + 180
         while time.time() < deadline:
-            try:
-                urllib.request.urlopen(self.url, timeout=30)
+            try:  # up and warmed; unlike the app's page, this makes no session
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/liveness", timeout=30)
                 return
             except OSError:
                 if self.proc.poll() is not None:
@@ -299,13 +301,13 @@ async def _arrive(session: Session, delay: float) -> None:
 
 async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
                unused_session_ms: int | None, say, release_memory: bool,
-               arrive_over: float = 0.0) -> dict:
+               arrive_over: float = 0.0, draw_slots: int | None = None) -> dict:
     from playwright.async_api import async_playwright
 
     server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms,
-                    release_memory)
+                    release_memory, draw_slots)
     result = dict(sessions=n, machine=_machine(), release_memory=release_memory,
-                  arrive_over_s=arrive_over)
+                  arrive_over_s=arrive_over, draw_slots=draw_slots)
     try:
         result["rss_mb"] = {"idle": server.rss()}
         async with async_playwright() as pw:
@@ -432,6 +434,7 @@ def report(r: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     lines = [f"load test: {r['sessions']} sessions on {r['machine']}"
              + (" (server started with --release-memory)" if r.get("release_memory") else "")
+             + (f" (--draw-slots {r['draw_slots']})" if r.get("draw_slots") is not None else "")
              + (f"; arriving over {r['arrive_over_s']:g} s, each touring as it comes"
                 if r.get("arrive_over_s") else ""),
              f"one session alone: first screen {fmt(r['single']['times'].get('first screen'))} s; "
@@ -468,18 +471,22 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
         unused_session_ms: int | None = None, say=print,
         log: str | os.PathLike | None = None, release_memory: bool = False,
-        arrive_over: float = 0.0) -> dict:
+        arrive_over: float = 0.0, draw_slots: int | None = None) -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
     shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
     ``unused_session_ms`` shortens the server's session lifetime (default: dashboard.serve's);
     ``log``: where to keep the server's log (default: removed with the test's folder);
     ``release_memory``: serve as ``python -m dashboard.serve --release-memory`` does;
-    ``arrive_over``: spread the sessions' arrivals over this many seconds (0: all at once)."""
+    ``arrive_over``: spread the sessions' arrivals over this many seconds (0: all at once);
+    ``draw_slots``: serve as ``python -m dashboard.serve --draw-slots N`` does (default: its
+    default, the machine's cores; 0: every page draws at once, as before dashboard.gate)."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not 0 <= arrive_over <= MAX_ARRIVE_OVER_S:
         raise ValueError(f"arrive_over must be 0..{MAX_ARRIVE_OVER_S} seconds, got {arrive_over}")
+    if draw_slots is not None and draw_slots < 0:
+        raise ValueError(f"draw_slots must be 0 (all at once) or more, got {draw_slots}")
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"the load test needs Chromium at {CHROMIUM} "
                                 "(apt-get install chromium)")
@@ -490,7 +497,8 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         with ThreadPoolExecutor(1) as pool:
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
                                                  Path(cwd), unused_session_ms, say,
-                                                 release_memory, arrive_over)).result()
+                                                 release_memory, arrive_over,
+                                                 draw_slots)).result()
     finally:
         if log is not None and (work / "server.log").exists():
             shutil.copyfile(work / "server.log", log)
@@ -511,10 +519,14 @@ def main(argv=None) -> int:
     p.add_argument("--arrive-over", type=float, default=0.0, metavar="S",
                    help="sessions arrive evenly over S seconds, each touring as it comes "
                         "(default 0: all at once, what the targets are for)")
+    p.add_argument("--draw-slots", type=int, default=None, metavar="N",
+                   help="serve as `python -m dashboard.serve --draw-slots N` does "
+                        "(default: its default; 0: every page draws at once)")
     args = p.parse_args(argv)
     try:
         result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log,
-                     release_memory=args.release_memory, arrive_over=args.arrive_over)
+                     release_memory=args.release_memory, arrive_over=args.arrive_over,
+                     draw_slots=args.draw_slots)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
