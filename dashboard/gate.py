@@ -25,6 +25,7 @@ taking turns wins.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -127,8 +128,6 @@ class DrawQueue:
 
     async def turn(self, key: Hashable) -> None:
         """Wait (on the server's loop) until ``key`` may go ahead."""
-        import asyncio
-
         if not self.enabled:
             return
         from tornado.ioloop import IOLoop
@@ -209,7 +208,7 @@ class DrawQueue:
 def _label(key) -> str:
     if isinstance(key, tuple) and len(key) == 2 and key[0] == "first screen":
         return f"the first screen of session {str(key[1])[:8]}"
-    return f"a {type(key).__name__}" if not isinstance(key, (str, tuple)) else repr(key)
+    return repr(key)
 
 
 DRAWS = DrawQueue()  # the process's queue; off until a served dashboard turns it on

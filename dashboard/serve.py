@@ -69,8 +69,7 @@ def server_env(release_memory: bool = False, base: dict | None = None,
     many small objects a session builds but keeps each 1 MiB arena while one object lives in it,
     so a server that served a class stays near its peak memory (reused by later sessions).
     ``draw_slots``: how many pages load their first screen at once while the machine is busy
-    (0: all at once;
-    None: as ``base`` says, else the machine's cores; :mod:`dashboard.gate`)."""
+    (0: all at once; None: as ``base`` says, else the machine's cores; :mod:`dashboard.gate`)."""
     env = dict(os.environ if base is None else base)
     if release_memory:
         env["PYTHONMALLOC"] = "malloc"
