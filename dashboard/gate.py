@@ -97,9 +97,7 @@ class DrawQueue:
         this thread's)."""
         from tornado.ioloop import IOLoop
 
-        if slots < 0:
-            raise ValueError(f"draw slots must be 0 (off) or more, got {slots}")
-        self.slots, self._loop = slots, loop or IOLoop.current()
+        self.slots, self._loop = checked_slots(slots), loop or IOLoop.current()
 
     def request(self, key: Hashable, start: Callable[[Hashable], None]) -> bool:
         if not self.enabled:
@@ -223,8 +221,14 @@ def slots_from_env() -> int:
         slots = int(raw)
     except ValueError:
         raise ValueError(f"{SLOTS_ENV} must be a whole number (0: off), got {raw!r}") from None
+    return checked_slots(slots, SLOTS_ENV)
+
+
+def checked_slots(slots: int, what: str = "draw slots") -> int:
+    """``slots`` when it is a valid count (0: every page at once), else ValueError naming
+    ``what`` (the option or setting it came from)."""
     if slots < 0:
-        raise ValueError(f"{SLOTS_ENV} must be 0 (off) or more, got {slots}")
+        raise ValueError(f"{what} must be 0 (all at once) or more, got {slots}")
     return slots
 
 
@@ -254,5 +258,5 @@ def hold_first_screens(queue: DrawQueue = DRAWS) -> None:
     Application.on_session_created = on_session_created
 
 
-__all__ = ["DRAWS", "DrawQueue", "MachineLoad", "HOLD_S", "TICK_S", "hold_first_screens",
-           "page_key", "slots_from_env"]
+__all__ = ["DRAWS", "DrawQueue", "MachineLoad", "HOLD_S", "TICK_S", "checked_slots",
+           "hold_first_screens", "page_key", "slots_from_env"]

@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from dashboard.gate import SLOTS_ENV
+from dashboard.gate import SLOTS_ENV, checked_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "dashboard" / "app.py"
@@ -74,9 +74,7 @@ def server_env(release_memory: bool = False, base: dict | None = None,
     if release_memory:
         env["PYTHONMALLOC"] = "malloc"
     if draw_slots is not None:
-        if draw_slots < 0:
-            raise ValueError(f"draw slots must be 0 (all at once) or more, got {draw_slots}")
-        env[SLOTS_ENV] = str(draw_slots)
+        env[SLOTS_ENV] = str(checked_slots(draw_slots))
     return env
 
 
@@ -113,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="hand a class's memory back to the system when its sessions have closed "
                         "(Python's small objects in the C allocator: some CPU per session)")
     args = p.parse_args(argv)
-    if args.draw_slots is not None and args.draw_slots < 0:
-        p.error(f"--draw-slots must be 0 (all at once) or more, got {args.draw_slots}")
+    if args.draw_slots is not None:
+        try:
+            checked_slots(args.draw_slots, "--draw-slots")
+        except ValueError as err:
+            p.error(str(err))
     if not args.no_precompute:
         print("precomputing the runs' analyses (once; quick when they exist) ...", flush=True)
         precompute_shipped()

@@ -485,8 +485,10 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not 0 <= arrive_over <= MAX_ARRIVE_OVER_S:
         raise ValueError(f"arrive_over must be 0..{MAX_ARRIVE_OVER_S} seconds, got {arrive_over}")
-    if draw_slots is not None and draw_slots < 0:
-        raise ValueError(f"draw_slots must be 0 (all at once) or more, got {draw_slots}")
+    if draw_slots is not None:
+        from dashboard.gate import checked_slots
+
+        checked_slots(draw_slots, "draw_slots")
     if not Path(CHROMIUM).exists():
         raise FileNotFoundError(f"the load test needs Chromium at {CHROMIUM} "
                                 "(apt-get install chromium)")
