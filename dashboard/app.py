@@ -5,6 +5,7 @@ it has no side effects. ``dashboard.ExplorerApp()`` shows the same app inline in
 """
 from __future__ import annotations
 
+import re
 from functools import partial
 
 import holoviews as hv
@@ -51,6 +52,22 @@ IDLE_PAINTER = """<script type="text/javascript">
   });
 })();
 </script>"""
+
+
+# Bokeh's bundles that no served page of the dashboard uses, left out of its page: MathJax (1.8 MB;
+# Panel adds it to any page with a Markdown pane, for TeX, and no text here is TeX: the app's
+# Markdown panes have math off) and WebGL (every figure is drawn on a canvas, plots.use_bokeh):
+# 2.0 of the page's 5.2 MB of scripts. (Bokeh's data tables are unused too, but Panel's own
+# bundle needs them to load.) At N = 20 the MathJax bundle was the last script to arrive, 19 s
+# after the pages asked for it (BENCHMARKS.md).
+UNUSED_BUNDLES = ("bokeh-mathjax", "bokeh-gl")
+_UNUSED_SCRIPT = re.compile(r'<script[^>]*src="[^"]*/(?:%s)\.min\.js[^"]*"[^>]*>\s*</script>\s*'
+                            % "|".join(re.escape(name) for name in UNUSED_BUNDLES))
+
+
+def without_unused_bundles(scripts: str) -> str:
+    """The page's script tags (Panel's ``bokeh_js``) less :data:`UNUSED_BUNDLES`."""
+    return _UNUSED_SCRIPT.sub("", scripts)
 
 
 def _session_doc():
@@ -169,9 +186,12 @@ class ExplorerApp(pn.viewable.Viewer):
                                                  main=[self.tabs], sidebar_width=340,
                                                  busy_indicator=None)
         # the painter must be on the page before the libraries load: the head's first block
-        template.template = template.template.environment.from_string(
+        environment = template.template.environment
+        environment.filters["without_unused_bundles"] = without_unused_bundles
+        template.template = environment.from_string(
             '{% extends "bootstrap/bootstrap.html" %}{% block preamble %}' + IDLE_PAINTER
-            + "{{ super() }}{% endblock %}")
+            + "{{ super() }}{% endblock %}{% block js_resources %}"
+            "{{ bokeh_js | without_unused_bundles if bokeh_js }}{% endblock %}")
         return template
 
     def __panel__(self):

@@ -357,3 +357,14 @@ def test_sessions_asking_for_one_missing_figure_at_once_wait_for_one_rendering()
         t.join()
     assert len(made) == 3  # "a" once, "b4" and "b5" once each
     assert len({id(v) for k, v in got if k == "a"}) == 1 and shared.making == {}
+
+
+def test_the_served_page_leaves_out_only_the_unused_bundles():
+    from dashboard.app import UNUSED_BUNDLES, without_unused_bundles
+
+    tag = '<script type="text/javascript" src="static/js/{}.min.js?v=abc"></script>\n'
+    page = "".join(tag.format(name) for name in
+                   ("bokeh", "bokeh-gl", "bokeh-widgets", "bokeh-tables", "bokeh-mathjax"))
+    kept = without_unused_bundles(page)
+    assert set(UNUSED_BUNDLES) == {"bokeh-mathjax", "bokeh-gl"}
+    assert kept == "".join(tag.format(name) for name in ("bokeh", "bokeh-widgets", "bokeh-tables"))

@@ -46,6 +46,16 @@ def test_page_loads_with_shipped_runs_and_no_console_errors(page):
     assert page.console_errors == [], "\n".join(page.console_errors)
 
 
+def test_the_page_loads_no_bundle_it_does_not_use(page):
+    """No MathJax (no TeX here) or WebGL (canvas figures) bundle; Bokeh and its widgets load."""
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    scripts = page.evaluate("() => [...document.scripts].map((s) => s.src).filter(Boolean)")
+    names = [src.rsplit("/", 1)[-1].split("?")[0] for src in scripts]
+    assert "bokeh.min.js" in names and "bokeh-widgets.min.js" in names
+    assert not {"bokeh-mathjax.min.js", "bokeh-gl.min.js"} & set(names), names
+    assert page.console_errors == []
+
+
 def test_one_session_clicking_sends_nothing_to_another(browser, dashboard_url):
     """Sessions are independent: a click in one page makes the server send nothing to another.
     (Panel's template busy spinner follows one process-wide flag, so with it every callback of
