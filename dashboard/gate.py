@@ -144,6 +144,26 @@ class DrawQueue:
                 self.release(key)
                 raise
 
+    def waits(self, key: Hashable) -> bool:
+        """Whether ``key`` is waiting for its turn."""
+        with self._lock:
+            return key in self._waiting
+
+    def draws(self, key: Hashable) -> bool:
+        """Whether ``key`` holds a slot (its turn has come and it has not reported back)."""
+        with self._lock:
+            return key in self._admitted
+
+    def hand_over(self, key: Hashable, to: Hashable) -> bool:
+        """Give the slot ``key`` holds to ``to``, with a fresh :data:`HOLD_S`; False when
+        ``key`` holds none (never had one, reported back, or held it too long)."""
+        with self._lock:
+            self._expire()
+            if self._admitted.pop(key, None) is None:
+                return False
+            self._admitted[to] = self._clock()
+            return True
+
     def stats(self) -> dict:
         """What the queue holds now: ``waiting`` and ``drawing`` counts."""
         with self._lock:
@@ -206,6 +226,8 @@ class DrawQueue:
 def _label(key) -> str:
     if isinstance(key, tuple) and len(key) == 2 and key[0] == "first screen":
         return f"the first screen of session {str(key[1])[:8]}"
+    if isinstance(key, tuple) and len(key) == 2 and key[0] == "waiting room":
+        return f"the waiting room's page {str(key[1])[:8]}"
     return repr(key)
 
 
@@ -237,13 +259,22 @@ def page_key(session_id: str) -> tuple:
     return ("first screen", session_id)
 
 
+TICKET_ARG = "turn"  # the app URL's argument carrying a waiting room's ticket (dashboard/waiting.py)
+
+
+def ticket_key(ticket: str) -> tuple:
+    """The queue's key for a page in the waiting room (dashboard/waiting.py)."""
+    return ("waiting room", ticket)
+
+
 def hold_first_screens(queue: DrawQueue = DRAWS) -> None:
     """Make each new session of this server process wait for its turn before it is created.
 
     Bokeh's ``Application.on_session_created`` is the documented place to delay a session's
     creation (it may return a future); Panel's application class is the one ``panel serve``
     builds, so its method is wrapped here, once. The page then asks for its scripts only when
-    its turn has come."""
+    its turn has come. A page sent by the waiting room brings the slot its turn gave it (its
+    ``turn`` ticket) and does not queue again."""
     from panel.io.application import Application
 
     original = Application.on_session_created
@@ -251,12 +282,17 @@ def hold_first_screens(queue: DrawQueue = DRAWS) -> None:
         return
 
     async def on_session_created(self, session_context):
-        await queue.turn(page_key(session_context.id))
+        key = page_key(session_context.id)
+        request = getattr(session_context, "request", None)
+        tickets = (getattr(request, "arguments", None) or {}).get(TICKET_ARG) or [b""]
+        ticket = tickets[0].decode(errors="replace")
+        if not (ticket and queue.hand_over(ticket_key(ticket), key)):
+            await queue.turn(key)
         await original(self, session_context)
 
     on_session_created.draws_in_turn = True
     Application.on_session_created = on_session_created
 
 
-__all__ = ["DRAWS", "DrawQueue", "MachineLoad", "HOLD_S", "TICK_S", "checked_slots",
-           "hold_first_screens", "page_key", "slots_from_env"]
+__all__ = ["DRAWS", "DrawQueue", "MachineLoad", "HOLD_S", "TICK_S", "TICKET_ARG", "checked_slots",
+           "hold_first_screens", "page_key", "slots_from_env", "ticket_key"]

@@ -11,6 +11,8 @@ One place for the server's settings (the load test uses the same):
   later sessions; a callback pool of :data:`THREADS` threads;
 * while the machine is busy, pages load their first screen a few at a time, in the order they
   came (:mod:`dashboard.gate`; ``--draw-slots``, default the cores);
+* ``/class`` is the address to give students: a waiting room that sends each page on to the app
+  when its turn comes, and shows how many are ahead meanwhile (:mod:`dashboard.waiting`);
 * ``/liveness`` answers once the server is up and warmed (for a health check that makes no
   session);
 * loopback by default; ``--address 0.0.0.0 --origin HOST:PORT`` opens it to a class network;
@@ -54,7 +56,7 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(min(CHECK_SESSIONS_MS, unused_session_ms)),
            "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS),
-           "--liveness",
+           "--liveness", "--plugins", "dashboard.waiting",
            # uploads arrive in chunks; no websocket message may exceed the upload limit
            "--websocket-max-message-size", str(UPLOAD_LIMIT_MB * 2 ** 20)]
     for o in origins:

@@ -2,7 +2,9 @@
 
 ``python -m tests.loadtest --sessions 20`` (``make loadtest N=20``). The server is started the
 way :mod:`dashboard.serve` starts it for a class, on the project's data folder (datasets and
-shipped runs; ``make data`` first) and a temporary run store. Then:
+shipped runs; ``make data`` first) and a temporary run store. Sessions open the address a class
+is given, ``/class`` (the waiting room, dashboard/waiting.py, which sends each page on to the
+app when its turn comes); ``--via app`` opens ``/app`` itself. Then:
 
 1. one session opens the app and tours the tabs (the single-session reference);
 2. N sessions open the app at once and each tours Symmetry breaking, Rollout, Equivariance,
@@ -45,6 +47,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync", "--no-first-run",
                  "--disable-quic", "--disable-dev-shm-usage"]
 MAX_SESSIONS = 40
+VIAS = ("class", "app")  # what sessions open: /class (the waiting room) or /app
 MAX_ARRIVE_OVER_S = 600
 TOUR = ("Symmetry breaking", "Rollout", "Equivariance", "Sweep", "Runs")
 # what "on screen" means per tab: a text that only the rendered tab shows, and plots drawn
@@ -106,6 +109,7 @@ class Server:
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}/app"
+        self.class_url = f"http://127.0.0.1:{self.port}/class"
         deadline = time.time() + 180
         while time.time() < deadline:
             try:  # up and warmed; unlike the app's page, this makes no session
@@ -188,23 +192,31 @@ class Session:
         await self.context.close()
 
 
-# "on screen", checked in the page every POLL_MS: a visible element whose own text holds the
-# tab's text and enough drawn, visible plot canvases, looking into Bokeh's shadow roots. Polled on
-# a timer, not on every animation frame (Playwright's default): 20 pages walking their DOM 60
-# times a second took CPU from the very sessions being timed (BENCHMARKS.md, 2026-12-01).
+# "on screen", checked in the page every POLL_MS: a visible element holding the tab's text in a
+# text node of its own, and enough drawn, visible plot canvases, looking into Bokeh's shadow
+# roots. Polled on a timer, not on every animation frame (Playwright's default), and cheap: 20
+# pages walking their DOM 60 times a second took CPU from the very sessions being timed, and so
+# did asking every element for its whole text (1-2 ms a check on a tab's 1 400-1 700 elements
+# and 100-150 shadow roots; text nodes alone: a tenth of that) (BENCHMARKS.md, 2026-12-01).
 POLL_MS = 100
 READY_PROBE = """window.__ready = (text, plots) => {
-  let found = false, canvases = 0;
   const shown = (el) => el.offsetParent !== null && el.getClientRects().length > 0;
-  const walk = (root) => { for (const el of root.querySelectorAll('*')) {
-      if (!found && el.textContent.includes(text) && shown(el)
-          && ![...el.children].some((c) => c.textContent.includes(text)))
-        found = true;  // the innermost element holding the text
-      if (plots && el.tagName === 'CANVAS' && el.width > 0 && shown(el)) {
-        const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) canvases++; }
-      if (el.shadowRoot) walk(el.shadowRoot); } };
-  walk(document);
-  return found && canvases >= plots; };"""
+  const roots = [document];  // the page and every shadow root in it
+  for (let i = 0; i < roots.length; i++)
+    for (const el of roots[i].querySelectorAll('*')) if (el.shadowRoot) roots.push(el.shadowRoot);
+  const holds = (root) => {
+    const walker = document.createTreeWalker(root, NodeFilter.SHOW_TEXT, (node) =>  // no CSS
+      node.parentNode.nodeName === 'STYLE' ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT);
+    for (let node = walker.nextNode(); node !== null; node = walker.nextNode())
+      if (node.data.includes(text) && node.parentElement && shown(node.parentElement))
+        return true;
+    return false; };
+  if (!roots.some(holds)) return false;
+  let canvases = 0;
+  for (const root of plots ? roots : []) for (const el of root.querySelectorAll('canvas'))
+    if (el.width > 0 && shown(el)) {
+      const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) canvases++; }
+  return canvases >= plots; };"""
 
 # listens for the slider's input events and the document changes the server sends back
 LATENCY_PROBE = """() => {
@@ -301,20 +313,22 @@ async def _arrive(session: Session, delay: float) -> None:
 
 async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
                unused_session_ms: int | None, say, release_memory: bool,
-               arrive_over: float = 0.0, draw_slots: int | None = None) -> dict:
+               arrive_over: float = 0.0, draw_slots: int | None = None,
+               via: str = "class") -> dict:
     from playwright.async_api import async_playwright
 
     server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms,
                     release_memory, draw_slots)
     result = dict(sessions=n, machine=_machine(), release_memory=release_memory,
-                  arrive_over_s=arrive_over, draw_slots=draw_slots)
+                  arrive_over_s=arrive_over, draw_slots=draw_slots, via=via)
+    url = server.class_url if via == "class" else server.url
     try:
         result["rss_mb"] = {"idle": server.rss()}
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             # 1. one session alone
             cpu0 = server.cpu()
-            one = Session(browser, server.url, timeout)
+            one = Session(browser, url, timeout)
             await one.open()
             cpu1 = server.cpu()
             await one.tour()
@@ -326,7 +340,7 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
                 + ", ".join(f"{t} {one.times[t]:.1f} s" for t in TOUR))
             await asyncio.sleep(1)
             # 2. N at once (or arriving one by one over arrive_over seconds)
-            sessions = [Session(browser, server.url, timeout) for _ in range(n)]
+            sessions = [Session(browser, url, timeout) for _ in range(n)]
             cpu0 = server.cpu()
             if arrive_over > 0:  # each opens and tours in turn: no common "opened" moment
                 opened = await asyncio.gather(*(_arrive(s, i * arrive_over / n)
@@ -432,7 +446,8 @@ def _check(r: dict) -> dict:
 
 def report(r: dict) -> str:
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-    lines = [f"load test: {r['sessions']} sessions on {r['machine']}"
+    lines = [f"load test: {r['sessions']} sessions on {r['machine']}, opening "
+             + ("/app" if r.get("via") == "app" else "/class (the waiting room)")
              + (" (server started with --release-memory)" if r.get("release_memory") else "")
              + (f" (--draw-slots {r['draw_slots']})" if r.get("draw_slots") is not None else "")
              + (f"; arriving over {r['arrive_over_s']:g} s, each touring as it comes"
@@ -471,7 +486,7 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
         unused_session_ms: int | None = None, say=print,
         log: str | os.PathLike | None = None, release_memory: bool = False,
-        arrive_over: float = 0.0, draw_slots: int | None = None) -> dict:
+        arrive_over: float = 0.0, draw_slots: int | None = None, via: str = "class") -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
     shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
@@ -480,11 +495,15 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
     ``release_memory``: serve as ``python -m dashboard.serve --release-memory`` does;
     ``arrive_over``: spread the sessions' arrivals over this many seconds (0: all at once);
     ``draw_slots``: serve as ``python -m dashboard.serve --draw-slots N`` does (default: its
-    default, the machine's cores; 0: every page draws at once, as before dashboard.gate)."""
+    default, the machine's cores; 0: every page draws at once, as before dashboard.gate);
+    ``via``: the address the sessions open, ``"class"`` (the waiting room a class is given,
+    dashboard/waiting.py) or ``"app"`` (the app itself)."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not 0 <= arrive_over <= MAX_ARRIVE_OVER_S:
         raise ValueError(f"arrive_over must be 0..{MAX_ARRIVE_OVER_S} seconds, got {arrive_over}")
+    if via not in VIAS:
+        raise ValueError(f"via must be one of {', '.join(VIAS)}, got {via!r}")
     if draw_slots is not None:
         from dashboard.gate import checked_slots
 
@@ -500,7 +519,7 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
                                                  Path(cwd), unused_session_ms, say,
                                                  release_memory, arrive_over,
-                                                 draw_slots)).result()
+                                                 draw_slots, via)).result()
     finally:
         if log is not None and (work / "server.log").exists():
             shutil.copyfile(work / "server.log", log)
@@ -524,11 +543,14 @@ def main(argv=None) -> int:
     p.add_argument("--draw-slots", type=int, default=None, metavar="N",
                    help="serve as `python -m dashboard.serve --draw-slots N` does "
                         "(default: its default; 0: every page draws at once)")
+    p.add_argument("--via", choices=VIAS, default="class",
+                   help="the address sessions open: the class's waiting room (/class, the "
+                        "default) or the app itself (/app)")
     args = p.parse_args(argv)
     try:
         result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log,
                      release_memory=args.release_memory, arrive_over=args.arrive_over,
-                     draw_slots=args.draw_slots)
+                     draw_slots=args.draw_slots, via=args.via)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

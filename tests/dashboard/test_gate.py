@@ -276,3 +276,19 @@ def test_the_class_server_passes_its_draw_slots_and_answers_liveness():
     with pytest.raises(SystemExit) as exit_:  # refused before anything starts
         main(["--draw-slots", "-1", "--no-precompute"])
     assert exit_.value.code == 2
+
+
+def test_a_slot_is_handed_over_with_a_fresh_hold_time_and_only_while_held(caplog):
+    q, clock = queue(slots=1, hold_s=5.0)
+    assert q.request("room", started([]))
+    assert q.draws("room") and not q.waits("room")
+    clock.now = 4.0
+    assert q.hand_over("room", "page")  # the waiting room's page opened the app
+    assert q.draws("page") and not q.draws("room")
+    clock.now = 8.0  # 4 s after the hand-over: still held
+    assert not q.request("other", started([])) and q.waits("other")
+    assert not q.hand_over("room", "again")  # handed over once
+    assert not q.hand_over("nobody", "page2")
+    clock.now = 9.5  # 5.5 s after the hand-over: taken back
+    assert not q.hand_over("page", "late")
+    assert "given back after 5 s" in caplog.text
