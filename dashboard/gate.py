@@ -259,7 +259,7 @@ def page_key(session_id: str) -> tuple:
     return ("first screen", session_id)
 
 
-TICKET_ARG = "turn"  # the app URL's argument carrying a waiting room's ticket (dashboard/waiting.py)
+TICKET_ARG = "turn"  # the app URL's argument with a waiting room's ticket (dashboard/waiting.py)
 
 
 def ticket_key(ticket: str) -> tuple:
