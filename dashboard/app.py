@@ -55,11 +55,11 @@ IDLE_PAINTER = """<script type="text/javascript">
 
 
 # Bokeh's bundles that no served page of the dashboard uses, left out of its page: MathJax (1.8 MB;
-# Panel adds it to any page with a Markdown pane, for TeX, and no text here is TeX: the app's
-# Markdown panes have math off) and WebGL (every figure is drawn on a canvas, plots.use_bokeh):
-# 2.0 of the page's 5.2 MB of scripts. (Bokeh's data tables are unused too, but Panel's own
-# bundle needs them to load.) At N = 20 the MathJax bundle was the last script to arrive, 19 s
-# after the pages asked for it (BENCHMARKS.md).
+# Panel adds it to any page with a Markdown pane, for TeX, and no text here is TeX; without it a
+# name with TeX's $$ in it shows as written, with no error: checked) and WebGL (every figure is
+# drawn on a canvas, plots.use_bokeh): 2.0 of the page's 5.2 MB of scripts. (Bokeh's data
+# tables are unused too, but Panel's own bundle needs them to load.) At N = 20 the MathJax
+# bundle was the last script to arrive, 19 s after the pages asked for it (BENCHMARKS.md).
 UNUSED_BUNDLES = ("bokeh-mathjax", "bokeh-gl")
 _UNUSED_SCRIPT = re.compile(r'<script[^>]*src="[^"]*/(?:%s)\.min\.js[^"]*"[^>]*>\s*</script>\s*'
                             % "|".join(re.escape(name) for name in UNUSED_BUNDLES))

@@ -2,6 +2,7 @@
 goes straight on to the app when a slot is free, else waits and is sent on when its turn comes,
 with the slot handed over to its session; a page that leaves gives its place up."""
 import asyncio
+import contextlib
 import json
 
 import pytest
@@ -19,13 +20,24 @@ class Busy:
         return 1.0  # the machine is always busy: only the slots let pages in
 
 
-async def serve(queue):
+@contextlib.asynccontextmanager
+async def served(queue):
+    """The waiting room's routes for ``queue`` on a free port of 127.0.0.1: its base URL."""
     sockets = bind_sockets(0, "127.0.0.1")
     server = HTTPServer(Application([(pattern, handler, {"queue": queue})
                                      for pattern, handler in ROUTES]))
     server.add_sockets(sockets)
     queue.configure(queue.slots)
-    return server, f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    try:
+        yield f"http://127.0.0.1:{sockets[0].getsockname()[1]}"
+    finally:
+        server.stop()
+
+
+async def opened(base: str):
+    """GET /class without following its redirect."""
+    return await AsyncHTTPClient().fetch(f"{base}/class", follow_redirects=False,
+                                         raise_error=False)
 
 
 def ticket_of(url: str) -> str:
@@ -41,28 +53,21 @@ def test_the_routes_are_the_waiting_room_and_its_turn():
 def test_a_free_slot_sends_the_page_straight_on_with_its_ticket():
     async def run():
         queue = DrawQueue(1, load=Busy())
-        server, base = await serve(queue)
-        client = AsyncHTTPClient()
-        try:
-            answer = await client.fetch(f"{base}/class", follow_redirects=False,
-                                        raise_error=False)
+        async with served(queue) as base:
+            answer = await opened(base)
             assert answer.code == 302
             target = answer.headers["Location"]
             assert target.startswith("app?turn=")
             assert queue.draws(ticket_key(ticket_of(target)))
-        finally:
-            server.stop()
     asyncio.run(run())
 
 
 def test_a_page_waits_its_turn_and_is_sent_on_when_a_slot_is_given_back():
     async def run():
         queue = DrawQueue(1, load=Busy())
-        server, base = await serve(queue)
         client = AsyncHTTPClient()
-        try:
-            first = await client.fetch(f"{base}/class", follow_redirects=False,
-                                       raise_error=False)
+        async with served(queue) as base:
+            first = await opened(base)
             first_key = ticket_key(ticket_of(first.headers["Location"]))
             page = await client.fetch(f"{base}/class")  # the slot is taken: the waiting page
             text = page.body.decode()
@@ -80,31 +85,23 @@ def test_a_page_waits_its_turn_and_is_sent_on_when_a_slot_is_given_back():
             assert answer == {"go": f"app?turn={second}"}
             assert queue.draws(ticket_key(second))
             assert queue.waits(ticket_key(ticket_of(third)))  # next in line
-        finally:
-            server.stop()
     asyncio.run(run())
 
 
 def test_an_unknown_ticket_goes_on_to_the_app_to_queue_there():
     async def run():
-        queue = DrawQueue(1, load=Busy())
-        server, base = await serve(queue)
-        try:
+        async with served(DrawQueue(1, load=Busy())) as base:
             answer = await AsyncHTTPClient().fetch(f"{base}/class/turn?ticket=nobody")
             assert json.loads(answer.body) == {"go": "app"}
-        finally:
-            server.stop()
     asyncio.run(run())
 
 
 def test_a_page_that_leaves_while_waiting_gives_its_place_up():
     async def run():
         queue = DrawQueue(1, load=Busy())
-        server, base = await serve(queue)
-        client = AsyncHTTPClient()
-        try:
-            await client.fetch(f"{base}/class", follow_redirects=False, raise_error=False)
-            waiting = ticket_of((await client.fetch(f"{base}/class")).body.decode())
+        async with served(queue) as base:
+            await opened(base)  # takes the slot
+            waiting = ticket_of((await AsyncHTTPClient().fetch(f"{base}/class")).body.decode())
             with pytest.raises(HTTPClientError):  # the page closes before its turn
                 await AsyncHTTPClient(force_instance=True).fetch(
                     f"{base}/class/turn?ticket={waiting}", request_timeout=0.5)
@@ -113,21 +110,14 @@ def test_a_page_that_leaves_while_waiting_gives_its_place_up():
                     break
                 await asyncio.sleep(0.05)
             assert not queue.waits(ticket_key(waiting))
-        finally:
-            server.stop()
     asyncio.run(run())
 
 
 def test_with_the_queue_off_the_page_goes_straight_to_the_app():
     async def run():
-        queue = DrawQueue(0)
-        server, base = await serve(queue)
-        try:
-            answer = await AsyncHTTPClient().fetch(f"{base}/class", follow_redirects=False,
-                                                   raise_error=False)
+        async with served(DrawQueue(0)) as base:
+            answer = await opened(base)
             assert answer.code == 302 and answer.headers["Location"] == "app"
-        finally:
-            server.stop()
     asyncio.run(run())
 
 
