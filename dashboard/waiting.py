@@ -2,9 +2,10 @@
 
 While the machine is busy, pages load their first screen in turn (:mod:`dashboard.gate`). A page
 that opens the app itself (``/app``) waits for its turn inside its HTTP request, so its browser
-shows it *loading* all that time, with nothing on screen, and a browser animates a loading
-tab's spinner some 60 times a second: twenty co-located browsers waiting so took most of a core
-of the two that were drawing the pages whose turn it was (BENCHMARKS.md, 2026-12-01).
+shows it *loading* all that time, with nothing on screen, and a browser keeps drawing frames
+for a loading tab's spinner (headless too): twenty co-located tabs waiting 10 s so took 7.8
+CPU-s, most of one of the two cores drawing the pages whose turn it was (BENCHMARKS.md,
+2026-12-01).
 
 ``/class`` answers at once. When a slot is free it sends the page straight on to the app (a
 redirect: nothing more to load). Otherwise it sends a small page, loaded in an instant, that says

@@ -196,8 +196,9 @@ class Session:
 # text node of its own, and enough drawn, visible plot canvases, looking into Bokeh's shadow
 # roots. Polled on a timer, not on every animation frame (Playwright's default), and cheap: 20
 # pages walking their DOM 60 times a second took CPU from the very sessions being timed, and so
-# did asking every element for its whole text (1-2 ms a check on a tab's 1 400-1 700 elements
-# and 100-150 shadow roots; text nodes alone: a tenth of that) (BENCHMARKS.md, 2026-12-01).
+# did asking every element for its whole text: 0.8-2.2 ms a check on a tab's 1 400-1 700
+# elements and 100-150 shadow roots, against 0.7-1.2 ms reading text nodes only, with no CSS
+# (BENCHMARKS.md, 2026-12-01).
 POLL_MS = 100
 READY_PROBE = """window.__ready = (text, plots) => {
   const shown = (el) => el.offsetParent !== null && el.getClientRects().length > 0;
