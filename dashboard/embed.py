@@ -1,5 +1,5 @@
-"""Static figures: a HoloViews figure rendered to Bokeh JSON once per process and drawn by the
-browser.
+"""Static figures: a HoloViews figure rendered once per process, to a picture (PNG) and to Bokeh
+JSON, shown by the page as the picture until the reader asks for the interactive figure.
 
 A figure that needs nothing from Python once drawn (hover, zoom, pan and save all run in the
 browser) does not need live Bokeh models in every session's document. Rendering it to JSON once
@@ -7,13 +7,21 @@ and letting each page build it with BokehJS (``Bokeh.embed.embed_item``) takes H
 plotting, Bokeh's model walks and its serialisation off the server's per-session work: a tab of
 such figures costs the server one string per figure (BENCHMARKS.md, 2026-12-01).
 
+Building a Bokeh figure costs the page far more than the server's share of the tab (0.1-0.3 s of
+the browser's main thread per figure), so a page first shows the figure's picture, drawn by
+matplotlib on the server (:mod:`dashboard.raster`), and builds the Bokeh figure when the picture
+is clicked, or when an animation is stepped. A figure matplotlib cannot draw has no picture and
+is built at once, as before.
+
 An animation (the flow player) is the same: its first frame as JSON, and every frame's data,
 taken once per process from HoloViews' own update of the plot. The page swaps the data into its
 plot when the frame changes; a step costs the server one integer sent.
 """
 from __future__ import annotations
 
+import base64
 import json
+import logging
 from typing import NamedTuple
 
 import holoviews as hv
@@ -24,6 +32,9 @@ from bokeh.models import ColumnDataSource
 from holoviews.plotting.bokeh.element import ElementPlot
 from panel.custom import JSComponent
 
+from . import raster
+
+log = logging.getLogger(__name__)
 DEFAULT_HEIGHT = 400  # px, for a stretching figure (a layout) that names no height of its own
 
 
@@ -34,6 +45,7 @@ class Rendered(NamedTuple):
     frames: bytes | None = None  # an animation's changing columns, float32, frame after frame
     index: str = ""  # JSON: [[source id, column, values per frame], ...] in the bytes' order
     count: int = 1  # frames
+    image: str = ""  # the figure's picture as a PNG data URL ("": none, the page builds it)
 
 
 def _start(figure):
@@ -49,10 +61,27 @@ def _item(renderer, plot) -> str:
     return json.dumps(json_item(plot.state, theme=renderer.theme))
 
 
-def figure_json(figure) -> Rendered:
-    """``figure`` (a HoloViews object) rendered for :class:`StaticFigure`."""
+def picture(figure, height: int) -> tuple[str, int]:
+    """``figure``'s picture as a PNG data URL and the height it asks for (px): at least
+    ``height``, the Bokeh figure's, so that the interactive figure that replaces it has the
+    room it had. ("", height) when matplotlib cannot draw it: the page then builds the Bokeh
+    figure at once."""
+    try:
+        png = raster.figure_png(figure, height)
+    except Exception as err:  # a preview must never cost the figure itself
+        log.warning("no picture for a %s: %s: %s", type(figure).__name__,
+                    type(err).__name__, err)
+        return "", height
+    return (raster.DATA_URL + base64.b64encode(png).decode("ascii"),
+            max(height, raster.png_size(png)[1]))
+
+
+def figure_json(figure, with_picture: bool = True) -> Rendered:
+    """``figure`` (a HoloViews object) rendered for :class:`StaticFigure`, with its picture
+    unless ``with_picture`` is False."""
     renderer, plot, height = _start(figure)
-    return Rendered(_item(renderer, plot), height)
+    image, height = picture(figure, height) if with_picture else ("", height)
+    return Rendered(_item(renderer, plot), height, image=image)
 
 
 def _moving(source: ColumnDataSource) -> list[tuple[str, np.ndarray]]:
@@ -67,10 +96,11 @@ def _moving(source: ColumnDataSource) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def animation_json(frames: hv.HoloMap) -> Rendered:
+def animation_json(frames: hv.HoloMap, with_picture: bool = True) -> Rendered:
     """A HoloMap over one key dimension, rendered for :class:`StaticFigure`: the first frame as
-    JSON and every frame's data as HoloViews' update of the plot leaves it. Raises ValueError
-    when a frame changes a column's length (the page could not swap it in place)."""
+    JSON (and as a picture unless ``with_picture`` is False) and every frame's data as
+    HoloViews' update of the plot leaves it. Raises ValueError when a frame changes a column's
+    length (the page could not swap it in place)."""
     keys = list(frames.keys())
     dim = frames.kdims[0]
     # no layout title: HoloViews would write the first frame's key there, for good
@@ -93,12 +123,17 @@ def animation_json(frames: hv.HoloMap) -> Rendered:
             raise ValueError(f"frame {key} changes the figure's data layout")
         chunks += [np.ascontiguousarray(v, dtype="<f4").ravel() for _i, _n, v in columns]
     payload = np.concatenate(chunks).tobytes() if chunks else b""
-    return Rendered(item, height, payload, json.dumps(index), len(keys))
+    image = ""
+    if with_picture:
+        image, height = picture(frames[keys[0]].opts(title="", clone=True), height)
+    return Rendered(item, height, payload, json.dumps(index), len(keys), image)
 
 
 class StaticFigure(JSComponent):
-    """One figure drawn from its Bokeh JSON (:func:`figure_json`, :func:`animation_json`) by
-    the page's BokehJS. It works wherever Panel does (a served page, a notebook). The page drops
+    """One figure from :func:`figure_json` or :func:`animation_json`. The page shows its
+    picture until the reader clicks it (or an animation is stepped); then the page's BokehJS
+    builds the figure from its JSON, with hover, zoom, pan and save. A figure without a picture
+    is built at once. It works wherever Panel does (a served page, a notebook). The page drops
     the figure's Bokeh document when the component goes or gets another figure, so a long
     session does not grow; an animation shows frame ``frame`` (from 0)."""
 
@@ -107,10 +142,12 @@ class StaticFigure(JSComponent):
     index = param.String(default="", doc="where each column lies in a frame (Rendered.index)")
     count = param.Integer(default=1, bounds=(1, None), doc="frames in the animation")
     frame = param.Integer(default=0, bounds=(0, None), doc="the frame shown")
+    image = param.String(default="", doc="the figure's picture, a PNG data URL (Rendered.image)")
 
     _esm = """
     export function render({ model, el }) {
       let shown = null;  // {views, doc} of the figure on screen
+      let live = false;  // the Bokeh figure asked for (else its picture is shown)
       let drawing = 0;  // the latest draw: an older one still loading gives way
       let decoded = { raw: null, floats: null };
       const drop = () => {
@@ -157,11 +194,34 @@ class StaticFigure(JSComponent):
         for (const source of touched)  // changed in place: tell the glyphs (Bokeh's own way)
           source.change.emit();
       };
+      const interactive = () => { live = true; draw(); };
+      const picture = () => {  // the picture, and a way to the interactive figure
+        const img = document.createElement("img");
+        img.src = model.image;
+        img.alt = "figure: click for the interactive one";
+        img.title = "Click for the interactive figure: hover for values, zoom, pan, save";
+        img.style.cssText = "width:100%;height:100%;object-fit:contain;" +
+          "object-position:left top;cursor:zoom-in;display:block";
+        img.addEventListener("click", interactive);
+        const button = document.createElement("button");
+        button.textContent = "interactive";
+        button.className = "figure-interactive";
+        button.title = img.title;
+        button.style.cssText = "position:absolute;top:2px;right:2px;font-size:11px;" +
+          "padding:1px 6px;opacity:0.75;cursor:pointer";
+        button.addEventListener("click", interactive);
+        const box = document.createElement("div");
+        box.className = "figure-picture";
+        box.style.cssText = "position:relative;width:100%;height:100%";
+        box.append(img, button);
+        el.appendChild(box);
+      };
       const draw = async () => {
         const mine = ++drawing;
         drop();
         el.replaceChildren();
         if (!model.item) return;
+        if (model.image && !live) { picture(); return; }
         const host = document.createElement("div");
         host.style.width = "100%";
         host.style.height = "100%";
@@ -171,8 +231,10 @@ class StaticFigure(JSComponent):
         if (mine !== drawing) { drop(); return; }  // replaced while it loaded
         if (model.frame > 0) show();
       };
-      model.on("item", draw);
-      model.on("frame", show);
+      const another = () => { live = false; draw(); };  // another figure: its picture first
+      model.on("item", another);
+      model.on("image", another);
+      model.on("frame", () => { if (live || !model.image) show(); else interactive(); });
       model.on("remove", drop);
       draw();
     }
@@ -183,7 +245,7 @@ class StaticFigure(JSComponent):
         """The component showing ``rendered``."""
         params.setdefault("sizing_mode", "stretch_width")
         return cls(item=rendered.item, height=rendered.height, frames=rendered.frames,
-                   index=rendered.index, count=rendered.count, **params)
+                   index=rendered.index, count=rendered.count, image=rendered.image, **params)
 
 
 __all__ = ["Rendered", "StaticFigure", "animation_json", "figure_json"]

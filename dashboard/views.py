@@ -109,11 +109,13 @@ def _animate(rollout: xr.Dataset, quantity: str, arrows: int):
     return animation_json(frames) if isinstance(frames, hv.HoloMap) else figure_json(frames)
 
 
-def _rendered(key: tuple, make):
-    """The figure ``make()`` builds, rendered to Bokeh JSON once per process and ``key`` (what
-    the figure shows, and every version it depends on), for each page's BokehJS to draw: a
-    session's tab costs the server a string, not HoloViews' plotting and Bokeh's model walks."""
-    return _figures.get(("static", *key), lambda: figure_json(make()))
+def _rendered(key: tuple, make, with_picture: bool = True):
+    """The figure ``make()`` builds, rendered once per process and ``key`` (what the figure
+    shows, and every version it depends on) to Bokeh JSON and, unless ``with_picture`` is
+    False, to a picture: a session's tab costs the server a string, not HoloViews' plotting and
+    Bokeh's model walks, and the page a picture until the figure is wanted interactive."""
+    return _figures.get(("static", with_picture, *key),
+                        lambda: figure_json(make(), with_picture=with_picture))
 
 
 def _static(key: tuple, make) -> StaticFigure:
@@ -404,7 +406,8 @@ class JobsView(pn.viewable.Viewer):
         self._states: dict[str, str] = {}
         self.rows = pn.Column(sizing_mode="stretch_width")
         # a new figure once per epoch, rendered once for every session watching (a streamed
-        # overlay whose legend grows breaks bokeh's views); empty until the tab is first shown
+        # overlay whose legend grows breaks bokeh's views); empty until the tab is first shown.
+        # Interactive at once, no picture first: it changes while watched
         self.curves = StaticFigure(sizing_mode="stretch_width", height=300)
         self._watched: tuple | None = None
         self._widgets: dict[str, dict] = {}
@@ -470,7 +473,7 @@ class JobsView(pn.viewable.Viewer):
         if watched is None:
             if not self.curves.item:
                 self.curves.item = _rendered(("training curves",),
-                                             lambda: plots.training_curves([])).item
+                                             lambda: plots.training_curves([]), False).item
             return
         try:
             run = self.state.services.store.get(watched)
@@ -480,7 +483,7 @@ class JobsView(pn.viewable.Viewer):
                 metrics = cached_metrics(run)
                 self.curves.item = _rendered(("training curves", *stamp), lambda: (
                     plots.training_curves(metrics if metrics is not None else [],
-                                          label=watched))).item
+                                          label=watched)), False).item
         except (RunError, FileNotFoundError):  # deleted meanwhile: the next listing drops it
             self._watched = None
 

@@ -213,11 +213,15 @@ READY_PROBE = """window.__ready = (text, plots) => {
         return true;
     return false; };
   if (!roots.some(holds)) return false;
-  let canvases = 0;
-  for (const root of plots ? roots : []) for (const el of root.querySelectorAll('canvas'))
-    if (el.width > 0 && shown(el)) {
-      const r = el.getBoundingClientRect(); if (r.width > 0 && r.height > 0) canvases++; }
-  return canvases >= plots; };"""
+  let drawn = 0;  // figures on screen: a Bokeh figure's canvas, or a figure's decoded picture
+  const onScreen = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  for (const root of plots ? roots : []) {
+    for (const el of root.querySelectorAll('canvas'))
+      if (el.width > 0 && shown(el) && onScreen(el)) drawn++;
+    for (const el of root.querySelectorAll('.figure-picture img'))
+      if (el.complete && el.naturalWidth > 0 && shown(el) && onScreen(el)) drawn++;
+  }
+  return drawn >= plots; };"""
 
 # listens for the slider's input events and the document changes the server sends back
 LATENCY_PROBE = """() => {

@@ -42,10 +42,16 @@ def _frames(rendered) -> np.ndarray:
 
 def test_a_figure_becomes_one_bokeh_json_item_with_its_height():
     curve = hv.Curve(([0, 1, 2], [3, 1, 2])).opts(responsive=True, min_height=250, title="t")
-    rendered = figure_json(curve)
+    rendered = figure_json(curve, with_picture=False)
     item = json.loads(rendered.item)
     assert set(item) >= {"doc", "root_id"} and item["doc"]["roots"][0]["id"] == item["root_id"]
     assert rendered.height == 250 and rendered.frames is None and rendered.count == 1
+    assert rendered.image == ""
+    # with its picture (dashboard/raster.py): the same figure, at least as much room
+    pictured = figure_json(curve)
+    root = json.loads(pictured.item)["doc"]["roots"][0]
+    assert root["name"] == item["doc"]["roots"][0]["name"] and pictured.height >= 250
+    assert pictured.image.startswith("data:image/png;base64,")
     # HoloViews' theme travels with it (its title font), as in a live pane's document
     assert "12pt" in rendered.item
 
@@ -86,6 +92,7 @@ def test_the_component_carries_what_was_rendered():
     truth, prediction = _flows(steps=3)
     rendered = animation_json(plots.flow_frames(truth, prediction, arrows=0))
     figure = StaticFigure.of(rendered, frame=2)
-    assert (figure.item, figure.frames, figure.count, figure.frame) == (
-        rendered.item, rendered.frames, 3, 2)
+    assert (figure.item, figure.frames, figure.count, figure.frame, figure.image) == (
+        rendered.item, rendered.frames, 3, 2, rendered.image)
+    assert rendered.image.startswith("data:image/png;base64,")  # the first step's picture
     assert figure.height == rendered.height and figure.sizing_mode == "stretch_width"

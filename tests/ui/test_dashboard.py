@@ -27,6 +27,20 @@ def _wait_text(page, pattern, timeout=120):
                          f"{SHOTS})")
 
 
+def _figures_drawn(page) -> int:
+    """Figures on the page: each static figure's decoded picture, and Bokeh canvases."""
+    pictures = page.locator(".figure-picture img").evaluate_all(
+        "imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    return pictures + page.locator("canvas").count()
+
+
+def _wait_figures(page, count=1, timeout=30):
+    deadline = time.time() + timeout
+    while _figures_drawn(page) < count:
+        assert time.time() < deadline, f"fewer than {count} figures drawn within {timeout} s"
+        time.sleep(0.2)
+
+
 def _submit(page) -> str:
     page.get_by_role("button", name="Train", exact=True).click()
     _wait_text(page, r"Submitted \S+", timeout=30)
@@ -138,11 +152,11 @@ def test_tiny_training_reaches_done_renders_and_survives_reload(page):
     ours.locator("input[type=checkbox]").click()
     page.get_by_text("Symmetry breaking", exact=True).first.click()
     _wait_text(page, rf"Symmetry breaking: {run_id}", timeout=30)
-    assert page.locator("canvas").count() > 0
+    _wait_figures(page)
     assert page.console_errors == [], "\n".join(page.console_errors)
     page.get_by_text("Rollout", exact=True).first.click()
     _wait_text(page, rf"Flow player: {run_id}", timeout=30)
-    assert page.locator("canvas").count() > 0
+    _wait_figures(page, 2)
     time.sleep(2)
     assert page.console_errors == [], "\n".join(page.console_errors)
     page.reload()
@@ -202,7 +216,7 @@ def test_sweep_view_renders_for_the_shipped_runs(page):
     _wait_text(page, "rotation-rgroup-C4", timeout=30)
     page.get_by_text("Sweep", exact=True).first.click()
     _wait_text(page, r"Relaxation sweep: rgroup C4 on", timeout=30)
-    assert page.locator("canvas").count() > 0
+    _wait_figures(page)
     assert page.console_errors == [], "\n".join(page.console_errors)
 
 
@@ -211,7 +225,7 @@ def test_discovery_tab_shows_the_shipped_verdict_and_runs_a_cancellable_job(page
     page.get_by_text("Symmetry breaking", exact=True).first.click()
     page.get_by_role("button", name=re.compile("Open the Discovery tab")).click()
     _wait_text(page, r"member differently|Strongest boundary", timeout=30)
-    assert page.locator("canvas").count() > 0
+    _wait_figures(page)
     assert page.console_errors == [], "\n".join(page.console_errors)
     page.locator("select").filter(has=page.locator("option", has_text="orbits.nc")).first \
         .select_option("orbits.nc")
@@ -289,6 +303,7 @@ def test_the_flow_player_steps_in_the_page_and_comes_back(page):
     page.get_by_text("Rollout", exact=True).first.click()
     _wait_text(page, r"Flow player: ", timeout=60)
     figure = page.locator(".flow-player").first
+    figure.locator(".figure-interactive").click(timeout=30000)  # its picture, made interactive
     figure.locator("canvas").first.wait_for(timeout=30000)
     time.sleep(1.5)
     first = _picture(figure)
@@ -309,8 +324,8 @@ def test_the_flow_player_steps_in_the_page_and_comes_back(page):
 
 
 def test_a_left_tab_takes_its_figures_out_of_the_page(page):
-    """Each static figure is a Bokeh document in the page; leaving its tab drops it, so a
-    student flipping tabs all lesson does not pile them up."""
+    """Each static figure made interactive is a Bokeh document in the page; leaving its tab
+    drops it, so a student flipping tabs all lesson does not pile them up."""
     _wait_text(page, "rotation-rgroup-C4", timeout=30)
     counts = []
     for _ in range(3):
@@ -318,9 +333,40 @@ def test_a_left_tab_takes_its_figures_out_of_the_page(page):
                           ("Equivariance", "Model vs data")):
             page.get_by_text(tab, exact=True).first.click()
             _wait_text(page, text, timeout=60)
+            _wait_figures(page)
+            buttons = page.locator(".figure-interactive")
+            while buttons.count():  # every figure built (a clicked one's button goes)
+                buttons.first.click()
             page.wait_for_function("() => window.Bokeh.documents.length > 1", timeout=30000)
             time.sleep(1)
             counts.append(page.evaluate("() => window.Bokeh.documents.length"))
     # the app's own document and the shown tab's figures: the same after every round
     assert counts[:2] == counts[2:4] == counts[4:6] and max(counts) <= 3, counts
+    assert page.console_errors == [], "\n".join(page.console_errors)
+
+
+def test_a_tab_shows_pictures_until_a_figure_is_asked_for_interactive(page):
+    """A tab's figures come as pictures drawn on the server: no Bokeh figure is built in the
+    page until its picture or its button is clicked; then that one figure is, with its tools,
+    and the others stay pictures. A step of the flow player makes it interactive at that step."""
+    _wait_text(page, "rotation-rgroup-C4", timeout=30)
+    page.get_by_text("Symmetry breaking", exact=True).first.click()
+    _wait_text(page, "Symmetry breaking: ", timeout=60)
+    _wait_figures(page, 2)
+    pictures = page.locator(".figure-picture img")
+    assert pictures.count() == 2 and page.locator("canvas").count() == 0
+    assert page.evaluate("() => window.Bokeh.documents.length") == 1  # the app's own
+    pictures.first.click()
+    page.locator("canvas").first.wait_for(timeout=30000)
+    page.wait_for_function("() => window.Bokeh.documents.length === 2", timeout=30000)
+    assert page.locator(".figure-picture img").count() == 1  # the other one stays a picture
+    assert page.locator(".bk-toolbar, .bk-Toolbar").count() >= 1  # zoom, pan, save...
+    page.get_by_text("Rollout", exact=True).first.click()
+    _wait_text(page, r"Flow player: ", timeout=60)
+    figure = page.locator(".flow-player").first
+    figure.locator(".figure-picture img").wait_for(timeout=30000)
+    box = page.locator("input[type=range]").first.bounding_box()
+    page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + box["height"] / 2)
+    figure.locator("canvas").first.wait_for(timeout=30000)
+    assert figure.locator(".figure-picture").count() == 0
     assert page.console_errors == [], "\n".join(page.console_errors)
