@@ -200,19 +200,20 @@ class StaticFigure(JSComponent):
         img.src = model.image;
         img.alt = "figure: click for the interactive one";
         img.title = "Click for the interactive figure: hover for values, zoom, pan, save";
-        img.style.cssText = "width:100%;height:100%;object-fit:contain;" +
+        img.style.cssText = "flex:1 1 auto;min-width:0;height:100%;object-fit:contain;" +
           "object-position:left top;cursor:zoom-in;display:block";
         img.addEventListener("click", interactive);
+        // where a Bokeh figure has its toolbar: a narrow column on the right
         const button = document.createElement("button");
         button.textContent = "interactive";
         button.className = "figure-interactive";
         button.title = img.title;
-        button.style.cssText = "position:absolute;top:2px;right:2px;font-size:11px;" +
-          "padding:1px 6px;opacity:0.75;cursor:pointer";
+        button.style.cssText = "flex:0 0 auto;align-self:flex-start;writing-mode:vertical-rl;" +
+          "font-size:11px;padding:6px 2px;margin-left:4px;cursor:pointer";
         button.addEventListener("click", interactive);
         const box = document.createElement("div");
         box.className = "figure-picture";
-        box.style.cssText = "position:relative;width:100%;height:100%";
+        box.style.cssText = "display:flex;width:100%;height:100%";
         box.append(img, button);
         el.appendChild(box);
       };

@@ -1,11 +1,12 @@
 """Figures as PNG pictures, drawn once per process by matplotlib from the same HoloViews objects
 the interactive (Bokeh) figures show.
 
-A page that builds a Bokeh figure pays for it in its own CPU: some 0.1-0.3 s of a browser's main
-thread per figure, several times the server's share of the same tab. Twenty pages of a class
-sharing a small machine's cores with the server drew a tab in 5-10 s; with pictures, a tab costs a
-page a decoded PNG (BENCHMARKS.md, 2026-12-02). So :class:`dashboard.embed.StaticFigure` shows the
-picture first and builds the Bokeh figure (hover, zoom, pan, save) when the reader asks for it.
+A page that builds a Bokeh figure pays for it in its own CPU: some 0.1-0.3 s of a browser's
+main thread per figure, several times the server's share of the same tab. Twenty pages of a
+class sharing a small machine's cores with the server drew a tab in 5-10 s; with pictures, a tab
+costs a page a decoded PNG (BENCHMARKS.md, "2026-12-01, late: figures as pictures"). So
+:class:`dashboard.embed.StaticFigure` shows the picture first and builds the Bokeh figure
+(hover, zoom, pan, save) when the reader asks for it.
 
 Only the figure's content carries over: HoloViews keeps each backend's options apart, so the
 options the plotting functions set for Bokeh are translated here (:data:`PLOT_OPTIONS`,
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import threading
 
 import holoviews as hv
 import numpy as np
@@ -32,6 +34,9 @@ WIDTH = 1200  # px: about a laptop's main area beside the sidebar; the page scal
 PANEL_WIDTH = 420  # px: the widest a panel of a layout gets (eight maps stay readable, not huge)
 DPI = 100
 DATA_URL = "data:image/png;base64,"
+# pyplot keeps its figures in one process-wide registry and is not thread-safe: the server's
+# callback threads draw one picture at a time
+_DRAWING = threading.Lock()
 
 # plot options with the same name and meaning in both backends
 PLOT_OPTIONS = frozenset({
@@ -122,13 +127,16 @@ def figure_png(figure, height: int) -> bytes:
     else:
         drawn = drawn.opts(backend="matplotlib", clone=True,
                            fig_inches=(WIDTH / DPI, height / DPI))
-    fig = renderer.get_plot(drawn).state
-    try:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08)
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+    with _DRAWING:
+        fig = renderer.get_plot(drawn).state
+        try:
+            buf = io.BytesIO()
+            # around the axes the page shows through, as around a Bokeh figure's plot area
+            fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.08,
+                        facecolor="none")
+            return buf.getvalue()
+        finally:
+            plt.close(fig)
 
 
 def png_size(png: bytes) -> tuple[int, int]:

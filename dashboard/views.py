@@ -871,8 +871,9 @@ class RolloutView(RunView):
                                    lambda: _animate(rollout, quantity, every))
         self.player.end = rendered.count
         self.player.value = min(max(self.player.value, 1), rendered.count)
+        # the player's loop buttons reach below the row Panel gives it: room for them
         self.flow = StaticFigure.of(rendered, frame=self.player.value - 1,
-                                    css_classes=["flow-player"])
+                                    css_classes=["flow-player"], margin=(30, 5, 5, 5))
         choice = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
         arrows = pn.widgets.Checkbox.from_param(self.param.arrows, name="arrows", width=80)
         return parts + [pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
