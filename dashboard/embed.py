@@ -222,7 +222,8 @@ class StaticFigure(JSComponent):
         drop();
         el.replaceChildren();
         if (!model.item) return;
-        if (model.image && !live) { picture(); return; }
+        // the picture is an animation's first frame: at any other, the figure is built
+        if (model.image && !live && model.frame === 0) { picture(); return; }
         const host = document.createElement("div");
         host.style.width = "100%";
         host.style.height = "100%";

@@ -2,8 +2,9 @@
 
 Imports the plotting stack, creates the process's services and its first shared listing, and
 renders every finished run's tabs once outside any session (the flow player: for the run
-sessions open on), so the shared figures and the evaluation artifacts (core/evaluation.py) are
-ready when the class arrives. What is missing is computed here, once, not in a student's
+sessions open on), so the shared figures, their pictures (dashboard/raster.py: about 11 s of
+the warm-up for the shipped runs) and the evaluation artifacts (core/evaluation.py) are ready
+when the class arrives. What is missing is computed here, once, not in a student's
 session.
 
 Then everything the process holds so far (modules, the shared caches: some 800 000 objects) is

@@ -369,4 +369,10 @@ def test_a_tab_shows_pictures_until_a_figure_is_asked_for_interactive(page):
     page.mouse.click(box["x"] + 0.5 * box["width"], box["y"] + box["height"] / 2)
     figure.locator("canvas").first.wait_for(timeout=30000)
     assert figure.locator(".figure-picture").count() == 0
+    # another quantity at this step: its picture shows the first step, so it is built at once
+    drawn = figure.locator("canvas").first.element_handle()
+    page.locator("button", has_text=re.compile(r"^\s*speed\s*$")).first.click()
+    drawn.wait_for_element_state("hidden", timeout=60000)  # the vorticity figure has gone
+    figure.locator("canvas").first.wait_for(timeout=60000)
+    assert figure.locator(".figure-picture").count() == 0
     assert page.console_errors == [], "\n".join(page.console_errors)
