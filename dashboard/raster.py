@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 import threading
 
 import holoviews as hv
@@ -24,11 +25,15 @@ import numpy as np
 import holoviews.plotting.bokeh  # noqa: F401  (the options below are read from Bokeh's tree)
 import matplotlib
 
-matplotlib.use("agg")  # no display: draw into memory
+# a server draws into memory, whatever display the machine has (a GUI backend fails outside the
+# main thread); a notebook's backend (inline: off screen too) and a user's pyplot are theirs
+if "ipykernel" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("agg")
+_current = hv.Store.current_backend
 import holoviews.plotting.mpl  # noqa: E402,F401  (registers matplotlib's options)
 
-# importing HoloViews' matplotlib plotting makes it the current backend; the app draws with Bokeh
-hv.Store.set_current_backend("bokeh")
+# importing HoloViews' matplotlib plotting makes it the current backend: put back the one in use
+hv.Store.set_current_backend(_current)
 
 WIDTH = 1200  # px: about a laptop's main area beside the sidebar; the page scales it to fit
 PANEL_WIDTH = 420  # px: the widest a panel of a layout gets (eight maps stay readable, not huge)
