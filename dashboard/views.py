@@ -473,7 +473,8 @@ class JobsView(pn.viewable.Viewer):
         if watched is None:
             if not self.curves.item:
                 self.curves.item = _rendered(("training curves",),
-                                             lambda: plots.training_curves([]), False).item
+                                             lambda: plots.training_curves([]),
+                                             with_picture=False).item
             return
         try:
             run = self.state.services.store.get(watched)
@@ -483,7 +484,7 @@ class JobsView(pn.viewable.Viewer):
                 metrics = cached_metrics(run)
                 self.curves.item = _rendered(("training curves", *stamp), lambda: (
                     plots.training_curves(metrics if metrics is not None else [],
-                                          label=watched)), False).item
+                                          label=watched)), with_picture=False).item
         except (RunError, FileNotFoundError):  # deleted meanwhile: the next listing drops it
             self._watched = None
 

@@ -214,7 +214,8 @@ READY_PROBE = """window.__ready = (text, plots) => {
     return false; };
   if (!roots.some(holds)) return false;
   let drawn = 0;  // figures on screen: a Bokeh figure's canvas, or a figure's decoded picture
-  const onScreen = (el) => { const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
+  const onScreen = (el) => {
+    const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
   for (const root of plots ? roots : []) {
     for (const el of root.querySelectorAll('canvas'))
       if (el.width > 0 && shown(el) && onScreen(el)) drawn++;
