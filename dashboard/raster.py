@@ -15,6 +15,7 @@ picture is a preview in matplotlib's style of what the interactive figure shows.
 """
 from __future__ import annotations
 
+import importlib
 import io
 import math
 import sys
@@ -23,17 +24,6 @@ import threading
 import holoviews as hv
 import numpy as np
 import holoviews.plotting.bokeh  # noqa: F401  (the options below are read from Bokeh's tree)
-import matplotlib
-
-# a server draws into memory, whatever display the machine has (a GUI backend fails outside the
-# main thread); a notebook's backend (inline: off screen too) and a user's pyplot are theirs
-if "ipykernel" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
-    matplotlib.use("agg")
-_current = hv.Store.current_backend
-import holoviews.plotting.mpl  # noqa: E402,F401  (registers matplotlib's options)
-
-# importing HoloViews' matplotlib plotting makes it the current backend: put back the one in use
-hv.Store.set_current_backend(_current)
 
 WIDTH = 1200  # px: about a laptop's main area beside the sidebar; the page scales it to fit
 PANEL_WIDTH = 420  # px: the widest a panel of a layout gets (eight maps stay readable, not huge)
@@ -59,7 +49,33 @@ STYLE_OPTIONS = {"color": "color", "line_width": "linewidth", "line_dash": "line
 _DASHES = {"dashed": "--", "dotted": ":", "dotdash": "-.", "dashdot": "-.", "solid": "-"}
 
 
+_loading = threading.Lock()
+_loaded = False
+
+
+def _matplotlib() -> None:
+    """Loads matplotlib and HoloViews' plotting with it, once, at the first picture (1.2 s of
+    imports that a session, or a notebook that never draws a picture, does not pay)."""
+    global _loaded
+    with _loading:  # two threads' first pictures: one loads, and the backend is put back once
+        if _loaded:
+            return
+        import matplotlib
+
+        # a server draws into memory, whatever display the machine has (a GUI backend fails
+        # outside the main thread); a notebook's backend (inline: off screen too) and a user's
+        # pyplot are theirs
+        if "ipykernel" not in sys.modules and "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("agg")
+        current = hv.Store.current_backend
+        importlib.import_module("holoviews.plotting.mpl")  # registers matplotlib's options
+        # which makes it HoloViews' current backend: put back the one in use
+        hv.Store.set_current_backend(current)
+        _loaded = True
+
+
 def _allowed(element) -> set[str]:
+    _matplotlib()
     tree = hv.Store.options("matplotlib")
     name = type(element).__name__
     if name not in tree.children:
@@ -119,6 +135,7 @@ def figure_png(figure, height: int) -> bytes:
     """``figure`` (a HoloViews object styled for Bokeh) drawn by matplotlib as a PNG, about
     :data:`WIDTH` px wide; a single plot about ``height`` px high (its Bokeh height), a layout
     as high as its panels need. Raises whatever HoloViews raises for a figure it cannot draw."""
+    _matplotlib()
     import matplotlib.pyplot as plt
 
     renderer = hv.renderer("matplotlib").instance(dpi=DPI)

@@ -35,7 +35,8 @@ def _image_with_red_top():
         min_height=250, title="halves")
 
 
-def test_the_bokeh_backend_stays_the_current_one():
+def test_drawing_a_picture_leaves_the_current_backend_as_it_was():
+    raster.figure_png(hv.Curve([1, 2]), 250)
     assert hv.Store.current_backend == "bokeh"
 
 
