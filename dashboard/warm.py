@@ -12,6 +12,9 @@ moved out of the garbage collector's sight with :func:`gc.freeze`: it lives as l
 process, and each full collection under a class's load would otherwise walk all of it again,
 holding every session's callbacks for about 0.5 s each time (BENCHMARKS.md, 2026-12-01).
 
+The page's scripts and stylesheets are sent gzip-compressed, each compressed once per process
+(:mod:`dashboard.compression`; the big bundles here, before the first session).
+
 Last, the process's draw queue is turned on (:mod:`dashboard.gate`): while the machine is busy,
 ``REE_DRAW_SLOTS`` pages (default: the cores) load their first screen at a time.
 """
@@ -21,6 +24,7 @@ import logging
 from bokeh.settings import settings
 
 from dashboard import plots
+from dashboard.compression import prime, serve_compressed
 from dashboard.gate import DRAWS, hold_first_screens, slots_from_env
 from dashboard.state import ExperimentState, Services
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, RolloutView,
@@ -50,6 +54,8 @@ def warm() -> None:
 
 
 warm()
+serve_compressed()
+log.info("page bundles compressed to %.2f MB", prime() / 2 ** 20)
 # first screens load in turn while the machine is busy (dashboard/gate.py)
 DRAWS.configure(slots_from_env())
 if DRAWS.enabled:
