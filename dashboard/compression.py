@@ -80,7 +80,9 @@ def _compressing(get):
         self.path = self.parse_url_path(path)
         absolute = self.validate_absolute_path(self.root,
                                                self.get_absolute_path(self.root, self.path))
-        body = None if absolute is None else compressed(absolute)
+        if absolute is None:  # the handler has answered already (a redirect), as in its get
+            return
+        body = compressed(absolute)
         if body is None:
             return await get(self, path, include_body)
         self.absolute_path = absolute
