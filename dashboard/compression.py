@@ -3,7 +3,7 @@
 A page of the dashboard loads 3.4 MB of BokehJS, Panel and their extensions, which ``panel serve``
 sends as they are: a class of twenty on one network moves 68 MB before anyone sees a first
 screen, 11 s of a 50 Mbit/s classroom network with nothing else on it. Compressed they are a
-quarter of that (the four big bundles: 2.96 -> 0.80 MB). Tornado can compress every response as
+quarter of that (the four big bundles: 2.72 -> 0.73 MB). Tornado can compress every response as
 it goes (``compress_response``), but that is 0.1 s of the server's CPU for each page, a quarter
 of what a whole session costs it (BENCHMARKS.md); here each file is compressed the first time it
 is asked for, kept in memory, and the same bytes go to every page that asks again.
