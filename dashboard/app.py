@@ -12,6 +12,7 @@ import holoviews as hv
 import panel as pn
 
 from dashboard import plots
+from dashboard.background import served_document, warn_if_pooled
 from dashboard.gate import DRAWS, page_key
 from dashboard.state import ExperimentState, Services
 from dashboard.ticker import Ticker
@@ -70,12 +71,6 @@ def without_unused_bundles(scripts: str) -> str:
     return _UNUSED_SCRIPT.sub("", scripts)
 
 
-def _session_doc():
-    """The document of the server session being built or served, else None (a notebook)."""
-    doc = pn.state.curdoc
-    return doc if doc is not None and doc.session_context is not None else None
-
-
 class ExplorerApp(pn.viewable.Viewer):
     """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
 
@@ -84,7 +79,7 @@ class ExplorerApp(pn.viewable.Viewer):
         pn.extension("filedropper", notifications=True)
         # once per server process (dashboard/warm.py does it before any session; 16 ms each);
         # a notebook loads it with each app, for the page's scripts
-        if _session_doc() is None or hv.renderer("bokeh").webgl:
+        if served_document() is None or hv.renderer("bokeh").webgl:
             plots.use_bokeh()
         self.state = ExperimentState(services)
         self.experiment = ExperimentPanel(self.state)
@@ -154,8 +149,9 @@ class ExplorerApp(pn.viewable.Viewer):
         elsewhere (a notebook) the app polls with its own periodic callback."""
         if self._stop is not None:
             return
-        doc = _session_doc()
+        doc = served_document()
         if doc is not None:
+            warn_if_pooled()
             ticker = Ticker.get(self.state.services, REFRESH_MS)
             ticker.add(doc, self.refresh)
             # bound now: under panel serve this module's globals are gone when a session closes

@@ -8,7 +8,11 @@ One place for the server's settings (the load test uses the same):
   server process, so no student's session pays for it;
 * sessions whose page has not connected, or that were closed, are dropped after
   :data:`UNUSED_SESSION_MS` (checked every :data:`CHECK_SESSIONS_MS`), their objects freed for
-  later sessions; a callback pool of :data:`THREADS` threads;
+  later sessions;
+* no callback pool (no ``--num-threads``): a session's page may only be changed on the server's
+  loop thread, where Panel then runs its events, and long work goes to worker threads that
+  return data (:mod:`dashboard.background`; a pool lost an update now and then, and its tab
+  stayed empty);
 * while the machine is busy, pages load their first screen a few at a time, in the order they
   came (:mod:`dashboard.gate`; ``--draw-slots``, default the cores);
 * ``/class`` is the address to give students: a waiting room that sends each page on to the app
@@ -40,7 +44,6 @@ WARM = ROOT / "dashboard" / "warm.py"
 # connect time lacks its page's resource paths (its stylesheets then point at cdn.holoviz.org).
 UNUSED_SESSION_MS = 120_000
 CHECK_SESSIONS_MS = 10_000
-THREADS = 4  # a small callback pool: measured faster at 20 sessions than none (BENCHMARKS.md)
 
 
 def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | None = None,
@@ -55,7 +58,7 @@ def panel_command(address: str = "127.0.0.1", port: int = 5006, origin: str | No
     cmd = [sys.executable, "-m", "panel", "serve", str(APP), "--address", address,
            "--port", str(port), "--num-procs", str(procs), "--setup", str(WARM),
            "--check-unused-sessions", str(min(CHECK_SESSIONS_MS, unused_session_ms)),
-           "--unused-session-lifetime", str(unused_session_ms), "--num-threads", str(THREADS),
+           "--unused-session-lifetime", str(unused_session_ms),
            "--liveness", "--plugins", "dashboard.waiting",
            # uploads arrive in chunks; no websocket message may exceed the upload limit
            "--websocket-max-message-size", str(UPLOAD_LIMIT_MB * 2 ** 20)]

@@ -47,48 +47,6 @@ def release_memory() -> bool:
     return True
 
 
-class Serial:
-    """Calls per key that never overlap: a call asked for while the key's previous one still runs
-    is made once after it ends (any further asks meanwhile merge into that one). Under a class's
-    load a session's refresh can outlast the timer's period; two pool threads must not then
-    change one session's document at the same time.
-
-    ``again(key)`` is how a merged call is asked for anew (the ticker: on its loop's thread)."""
-
-    def __init__(self, again: Callable[[object], None]):
-        self._again_later = again
-        self._running: set = set()
-        self._again: set = set()
-        self._lock = threading.Lock()
-
-    def call(self, key, fn: Callable[[], None], start: Callable[[Callable[[], None]], None]):
-        """Run ``fn`` for ``key`` through ``start`` (which runs what it is given, here or on
-        another thread), unless a call for ``key`` is running: then mark it for once more."""
-        with self._lock:
-            if key in self._running:
-                self._again.add(key)
-                return
-            self._running.add(key)
-
-        def run():
-            try:
-                fn()
-            finally:
-                with self._lock:
-                    self._running.discard(key)
-                    again = key in self._again
-                    self._again.discard(key)
-                if again:
-                    self._again_later(key)
-
-        try:
-            start(run)
-        except BaseException:
-            with self._lock:
-                self._running.discard(key)
-            raise
-
-
 class Ticker:
     """``Ticker.get(services, period_ms)`` is the process's one instance (started on the calling
     thread's Tornado loop); ``add(doc, refresh)`` registers a session, ``remove(doc)`` drops it
@@ -103,8 +61,6 @@ class Ticker:
         self.services = services
         self.loop = IOLoop.current()
         self._sessions: dict[int, tuple[object, Callable[[], None]]] = {}
-        # one document is never refreshed by two pool threads at once
-        self._serial = Serial(lambda key: self.loop.add_callback(self._schedule, key))
         self._seen = None
         self._listing = False
         self.timer = PeriodicCallback(self._tick, period_ms)
@@ -141,15 +97,12 @@ class Ticker:
             self.remove(doc)
             return
 
-        def start(run):
-            # as Panel runs a session's own periodic callback: on the server's thread pool when
-            # it has one (the event loop stays free for the pages' events), else on the loop.
-            # (Spreading the sessions over the period was tried: its N = 20 run gave 7 console
-            # errors where this gave none in two; BENCHMARKS.md.)
-            with set_curdoc(doc):
-                pn.state.execute(run, schedule="thread" if pn.config.nthreads else True)
-
-        self._serial.call(key, refresh, start)
+        # on the loop, as Panel runs a session's own periodic callback without a callback pool:
+        # a document changed from another thread can lose the change (dashboard/background.py).
+        # (Spreading the sessions over the period was tried: its N = 20 run gave 7 console
+        # errors where this gave none in two; BENCHMARKS.md.)
+        with set_curdoc(doc):
+            pn.state.execute(refresh, schedule=True)
 
     async def _tick(self) -> None:
         if self._listing or not self._sessions:  # a slow listing is not stacked up

@@ -26,6 +26,7 @@ from core.importers import ROLES, crop_square, file_names, read_flow
 from core.runs import RunError
 
 from . import plots
+from .background import Background
 from .embed import StaticFigure, animation_json, figure_json
 from .state import STRICT_OF, UPLOAD_LIMIT_MB, ExperimentState, safe_name
 from .table import RunsTable, table_rows
@@ -57,7 +58,7 @@ def _notify(kind: str, text: str) -> None:
 
 
 class _Shared:
-    """Figures rendered once per process and shown by every session (:func:`_static`,
+    """Figures rendered once per process and shown by every session (:func:`_rendered`,
     :func:`_animate`): no session runs HoloViews' plotting for them. LRU by key. Sessions
     asking for the same missing figure at once wait for one rendering of it (a flow player's
     frames take ~2 s); different figures render side by side."""
@@ -116,11 +117,6 @@ def _rendered(key: tuple, make, with_picture: bool = True):
     Bokeh's model walks, and the page a picture until the figure is wanted interactive."""
     return _figures.get(("static", with_picture, *key),
                         lambda: figure_json(make(), with_picture=with_picture))
-
-
-def _static(key: tuple, make) -> StaticFigure:
-    """:func:`_rendered` in its component."""
-    return StaticFigure.of(_rendered(key, make))
 
 
 def _file_version(path) -> tuple:
@@ -291,6 +287,8 @@ class ImportPanel(pn.viewable.Viewer):
         self.preview = pn.Column(sizing_mode="stretch_width")  # a new plot per file read
         self._staged = None
         self._ds = None
+        self._reading = Background()  # the staged file's names and contents
+        self._saving = Background()  # never dropped by a read: a save always reports
         self._layout = pn.Column(
             pn.pane.Markdown(f"netCDF/HDF5, .npy/.npz, .zip or .pt files up to "
                              f"{UPLOAD_LIMIT_MB} MB."),
@@ -317,10 +315,20 @@ class ImportPanel(pn.viewable.Viewer):
         self._inspect()
 
     def _inspect(self):
-        try:
-            names = file_names(self._staged)
-        except DatasetError:  # unreadable: _read says why
-            names = dict(variables=[], dimensions=[])
+        staged = self._staged
+
+        def names():
+            try:
+                return file_names(staged)
+            except DatasetError:  # unreadable: reading it says why
+                return dict(variables=[], dimensions=[])
+
+        self._reading.run(names, partial(self._named, staged))
+
+    def _named(self, staged, outcome) -> None:
+        if staged != self._staged:  # another file came meanwhile
+            return
+        names = outcome.value or dict(variables=[], dimensions=[])
         options = [""] + names["variables"] + names["dimensions"]
         for widget in self.roles.values():
             widget.options, widget.value = options, ""
@@ -332,17 +340,30 @@ class ImportPanel(pn.viewable.Viewer):
             else {}
 
     def _read(self, *_):
+        """Read the staged file (on a worker thread under ``panel serve``: a large file takes
+        seconds), then show what came of it."""
         if self._staged is None:
             return
-        try:
-            ds = read_flow(self._staged, self._mapping())
-            if self.crop.value:
-                ds = crop_square(ds)
-        except DatasetError as err:
-            self.mapping.visible = self.mapping.visible or "--map" in str(err)
-            self._fail(str(err).replace(str(self._staged.parent) + "/", ""))
+        staged, mapping, crop = self._staged, self._mapping(), self.crop.value
+
+        def read():
+            ds = read_flow(staged, mapping)
+            return crop_square(ds) if crop else ds
+
+        self._reading.run(read, partial(self._was_read, staged),
+                          waiting=lambda: setattr(self.info, "object", f"Reading {staged.name} ..."))
+
+    def _was_read(self, staged, outcome) -> None:
+        if staged != self._staged:
             return
-        self._ds = ds
+        if isinstance(outcome.error, DatasetError):
+            self.mapping.visible = self.mapping.visible or "--map" in str(outcome.error)
+            self._fail(str(outcome.error).replace(str(staged.parent) + "/", ""))
+            return
+        if outcome.error is not None:  # not a format problem: say what, never a traceback
+            self._fail(f"{type(outcome.error).__name__}: {outcome.error}")
+            return
+        ds = self._ds = outcome.value
         self.info.object = _upload_summary(ds)
         self.preview.objects = [pn.pane.HoloViews(
             plots.flow_preview(ds["velocity"].values[0, ds.sizes["time"] // 2],
@@ -358,17 +379,30 @@ class ImportPanel(pn.viewable.Viewer):
         _notify("error", f"Not imported: {text}")
 
     def _save(self, _event=None):
+        """Write the dataset (on a worker thread under ``panel serve``), then make it the
+        chosen one."""
         if self._ds is None:
             return
-        try:
-            name = self.state.services.save_imported(self._ds, self.save_name.value,
-                                                     overwrite=self.overwrite.value)
-        except (ValueError, DatasetError, OSError) as err:
-            self.info.object = f"**Not saved:** {err}"
-            _notify("error", f"Not saved: {err}")
+        ds, name, overwrite = self._ds, self.save_name.value, self.overwrite.value
+        self.save_button.disabled = True  # one save at a time
+        self._saving.run(
+            lambda: self.state.services.save_imported(ds, name, overwrite=overwrite),
+            partial(self._saved, self._staged),
+            waiting=lambda: setattr(self.info, "object", f"Saving `{name}` ..."))
+
+    def _saved(self, staged, outcome) -> None:
+        if outcome.error is not None:
+            err = outcome.error
+            text = str(err) if isinstance(err, (ValueError, DatasetError, OSError)) else \
+                f"{type(err).__name__}: {err}"
+            self.info.object = f"**Not saved:** {text}"
+            self.save_button.disabled = self._ds is None
+            _notify("error", f"Not saved: {text}")
             return
-        self.state.services.discard_upload(self._staged)
-        self._staged = None
+        name = outcome.value
+        self.state.services.discard_upload(staged)
+        if staged == self._staged:
+            self._staged, self._ds = None, None
         self.state.refresh_datasets()
         self.state.dataset = name
         self.info.object = f"Saved `{name}`: it is now the chosen dataset."
@@ -409,6 +443,7 @@ class JobsView(pn.viewable.Viewer):
         # overlay whose legend grows breaks bokeh's views); empty until the tab is first shown.
         # Interactive at once, no picture first: it changes while watched
         self.curves = StaticFigure(sizing_mode="stretch_width", height=300)
+        self._curves = Background()
         self._watched: tuple | None = None
         self._widgets: dict[str, dict] = {}
         self._order: list[str] | None = None
@@ -472,21 +507,34 @@ class JobsView(pn.viewable.Viewer):
                        rows[-1]["id"] if rows else None)
         if watched is None:
             if not self.curves.item:
-                self.curves.item = _rendered(("training curves",),
-                                             lambda: plots.training_curves([]),
-                                             with_picture=False).item
+                self._draw_curves(("training curves",), lambda: plots.training_curves([]))
             return
         try:
             run = self.state.services.store.get(watched)
             stamp = (watched, _file_version(run.path / "metrics.nc"))
-            if stamp != self._watched:
-                self._watched = stamp
-                metrics = cached_metrics(run)
-                self.curves.item = _rendered(("training curves", *stamp), lambda: (
-                    plots.training_curves(metrics if metrics is not None else [],
-                                          label=watched)), with_picture=False).item
         except (RunError, FileNotFoundError):  # deleted meanwhile: the next listing drops it
             self._watched = None
+            return
+        if stamp != self._watched:
+            self._watched = stamp
+
+            def curves():
+                metrics = cached_metrics(run)
+                return plots.training_curves(metrics if metrics is not None else [],
+                                             label=watched)
+
+            self._draw_curves(("training curves", *stamp), curves)
+
+    def _draw_curves(self, key: tuple, make) -> None:
+        """The curves figure, drawn once per process and epoch on a worker thread (a tenth of
+        a second or more: not on the server's loop)."""
+        def shown(outcome):
+            if outcome.error is None:
+                self.curves.item = outcome.value.item
+            else:  # e.g. deleted meanwhile: the next listing drops it
+                self._watched = None
+
+        self._curves.run(lambda: _rendered(key, make, with_picture=False), shown)
 
     def __panel__(self):
         return self._layout
@@ -653,7 +701,8 @@ class DiscoveryView(pn.viewable.Viewer):
         self.body = pn.Column(sizing_mode="stretch_width")
         self._rows: list[dict] = []
         self._states: dict[str, str] = {}
-        self._shown: tuple | None = None
+        self._shown: tuple | None = None  # (discovery, its state) shown or being prepared
+        self._work = Background()
         self.param.watch(lambda _e: self.render(), "active")
         self.state.param.watch(lambda _e: self._offer_nulls(), "dataset")
         self._offer_nulls()
@@ -719,41 +768,61 @@ class DiscoveryView(pn.viewable.Viewer):
         if current is not None:
             self.progress.value = int(100 * (current.get("progress") or 0))
             if self._shown is None or self._shown[1] != current["state"]:
-                self.render()
+                self.render(current["state"])
 
-    def render(self) -> None:
+    def render(self, state: str | None = None) -> None:
+        """``state``: the shown discovery's state as the caller saw it (a poll)."""
         if not self.active:  # hidden: let go of the plots; shown again, it renders afresh
+            self._work.drop()
             if self.body.objects:
                 self.body.objects = []
                 self._shown = None
             return
         value = self.records.value
+        # what is being shown, at once: a poll meanwhile does not ask for it again
+        self._shown = (value, state)
         if not value:
-            objects = [_message("no discovery yet: press Discover")]
-            state = None
-        else:
-            try:
-                record = self.state.services.discovery(value)
-                status = record.status()
-                state = status.get("state")
-                if state == "done":
-                    evidence = evidence_of(record)
-                    objects = [pn.pane.Markdown(_verdict_text(record, evidence),
-                                                sizing_mode="stretch_width")]
-                    version = _evidence_version(record)
-                    figures = ((plots.discovery_maps, plots.boundary_profile)
-                               if evidence.attrs["kind"] == "translation" else
-                               (plots.discovery_gains, plots.discovery_weights))
-                    objects += [_static((make.__name__, version), partial(make, evidence))
-                                for make in figures]
-                    objects.append(pn.pane.Markdown(DISCOVERY_HELP, sizing_mode="stretch_width"))
-                else:
-                    objects = [_message(f"{value}: {state}"
-                                        + (f": {status.get('error')}" if status.get("error")
-                                           else f" ({status.get('message', '')})"))]
-            except Exception as err:  # show, never break the page
-                objects = [_message(f"cannot show this discovery: {type(err).__name__}: {err}")]
-                state = None
+            self._work.drop()
+            self.body.objects = [_message("no discovery yet: press Discover")]
+            return
+        self._work.run(partial(self._prepared, value), partial(self._show, value),
+                       waiting=lambda: setattr(self.body, "objects",
+                                               [_message(f"reading {value} ...")]))
+
+    def _prepared(self, value: str):
+        """On a worker thread: the record, its status and, when done, its evidence and
+        figures."""
+        record = self.state.services.discovery(value)
+        status = record.status()
+        if status.get("state") != "done":
+            return record, status, None, []
+        evidence = evidence_of(record)
+        version = _evidence_version(record)
+        figures = ((plots.discovery_maps, plots.boundary_profile)
+                   if evidence.attrs["kind"] == "translation" else
+                   (plots.discovery_gains, plots.discovery_weights))
+        return record, status, evidence, [_rendered((make.__name__, version),
+                                                    partial(make, evidence))
+                                          for make in figures]
+
+    def _show(self, value: str, outcome) -> None:
+        state = None
+        try:
+            if outcome.error is not None:
+                raise outcome.error
+            record, status, evidence, figures = outcome.value
+            state = status.get("state")
+            if evidence is not None:
+                objects = [pn.pane.Markdown(_verdict_text(record, evidence),
+                                            sizing_mode="stretch_width")]
+                objects += [StaticFigure.of(figure) for figure in figures]
+                objects.append(pn.pane.Markdown(DISCOVERY_HELP, sizing_mode="stretch_width"))
+            else:
+                objects = [_message(f"{value}: {state}"
+                                    + (f": {status.get('error')}" if status.get("error")
+                                       else f" ({status.get('message', '')})"))]
+        except Exception as err:  # show, never break the page
+            objects = [_message(f"cannot show this discovery: {type(err).__name__}: {err}")]
         self._shown = (value, state)
         with pn.io.hold():
             self.body.objects = objects
@@ -763,7 +832,12 @@ class DiscoveryView(pn.viewable.Viewer):
 
 
 class RunView(pn.viewable.Viewer):
-    """Base for views of the first selected run (or a run given directly, for notebooks)."""
+    """Base for views of the first selected run (or a run given directly, for notebooks).
+
+    A subclass gives :meth:`prepare` (what may take long: analyses, figures; run on a worker
+    thread under ``panel serve``, and it returns data, never Panel objects) and :meth:`content`
+    (the tab's Panel objects from it, built on the server's loop): :mod:`dashboard.background`.
+    """
 
     run_id = param.String(default=None, allow_None=True)
     active = param.Boolean(default=True, doc="render only while shown (the app toggles this)")
@@ -772,6 +846,7 @@ class RunView(pn.viewable.Viewer):
         super().__init__(**params)
         self.state = state or ExperimentState()
         self.body = pn.Column(sizing_mode="stretch_width")
+        self._work = Background()
         self.state.param.watch(lambda _e: self.render(), "selected_runs")
         self.param.watch(lambda _e: self.render(), ["run_id", "active"])
         self.render()
@@ -793,12 +868,27 @@ class RunView(pn.viewable.Viewer):
 
     def render(self) -> None:
         if not self.active:  # a hidden tab renders when it is shown, afresh:
+            self._work.drop()
             if self.body.objects:  # let go of its plots (a session kept ~500 hidden models)
                 self.body.objects = []
             return
+        self._work.run(self._prepared, self._show, waiting=self._waiting)
+
+    def _prepared(self):
+        """On a worker thread: the run shown (None: none selected) and what :meth:`prepare`
+        makes of it."""
+        run = self.current()
+        return run, (None if run is None else self.prepare(run))
+
+    def _waiting(self) -> None:
+        self.body.objects = [_message("preparing this tab's figures ...")]
+
+    def _show(self, outcome) -> None:
         try:
-            run = self.current()
-            objects = self.content(run) if run is not None else [
+            if outcome.error is not None:
+                raise outcome.error
+            run, prepared = outcome.value
+            objects = self.content(run, prepared) if run is not None else [
                 _message("select a finished run in the Runs table")]
         except RunError as err:  # gone, unfinished, or an analysis that cannot be made here
             objects = [_message(str(err))]
@@ -807,7 +897,11 @@ class RunView(pn.viewable.Viewer):
         with pn.io.hold():
             self.body.objects = objects
 
-    def content(self, run) -> list:
+    def prepare(self, run):
+        """The data the tab shows (thread-safe, no Panel objects)."""
+        return None
+
+    def content(self, run, prepared) -> list:
         raise NotImplementedError
 
     def __panel__(self):
@@ -817,23 +911,27 @@ class RunView(pn.viewable.Viewer):
 class BreakingView(RunView):
     """Relaxed weights as heatmaps, irrep energies and breaking scores, with an explanation."""
 
-    def content(self, run):
+    def prepare(self, run):
         analysis = evaluation(run, "breaking")
         boundary = None
         if analysis.attrs.get("kind") == "translation":
             boundary = cached_dataset_attrs(run.dataset_path()).get("boundary_x")
         key = _figure_key(analysis, boundary)
-        heatmaps = _static((*key, "heatmaps"),
-                           lambda: plots.weights_heatmaps(analysis, boundary_x=boundary))
-        bars = _static((*key, "bars"), lambda: plots.breaking_bars(analysis))
-        score = analysis.attrs.get("breaking_score", float("nan"))
-        head = (f"### Symmetry breaking: {run.id}\nkind **{analysis.attrs.get('kind')}**, "
-                f"overall breaking score **{score:.3g}**")
+        return dict(
+            kind=analysis.attrs.get("kind"),
+            score=analysis.attrs.get("breaking_score", float("nan")),
+            heatmaps=_rendered((*key, "heatmaps"),
+                               lambda: plots.weights_heatmaps(analysis, boundary_x=boundary)),
+            bars=_rendered((*key, "bars"), lambda: plots.breaking_bars(analysis)))
+
+    def content(self, run, prepared):
+        head = (f"### Symmetry breaking: {run.id}\nkind **{prepared['kind']}**, "
+                f"overall breaking score **{prepared['score']:.3g}**")
         link = pn.widgets.Button(name="Is the breaking real? Open the Discovery tab",
                                  button_type="light")
         link.on_click(lambda _e: setattr(self.state, "focus", "Discovery"))
         return [pn.pane.Markdown(head, sizing_mode="stretch_width"), link,
-                heatmaps, bars,
+                StaticFigure.of(prepared["heatmaps"]), StaticFigure.of(prepared["bars"]),
                 pn.pane.Markdown(EXPLANATION + "\nWeights of one run can move by chance; the "
                                  "**Discovery** tab compares relaxed models against a symmetric "
                                  "null and gives a verdict with its significance.",
@@ -854,7 +952,7 @@ class RolloutView(RunView):
         self.player.param.watch(self._step, "value")
         super().__init__(state, **params)
 
-    def content(self, run):
+    def prepare(self, run):
         runs, versions = {}, []
         for run_id in (self.state.selected_runs or [run.id]):
             try:
@@ -865,11 +963,15 @@ class RolloutView(RunView):
             if metrics is not None:
                 runs[run_id] = metrics
                 versions.append((run_id, _file_version(shown.path / "metrics.nc")))
-        parts = [_static(("rollout curves", *versions), lambda: plots.rollout_curves(runs))]
+        curves = _rendered(("rollout curves", *versions), lambda: plots.rollout_curves(runs))
         rollout = evaluation(run, "rollout")
         quantity, every = self.quantity, ARROWS if self.arrows else 0
-        rendered = _animations.get(_figure_key(rollout, quantity, every),
-                                   lambda: _animate(rollout, quantity, every))
+        frames = _animations.get(_figure_key(rollout, quantity, every),
+                                 lambda: _animate(rollout, quantity, every))
+        return dict(curves=curves, frames=frames)
+
+    def content(self, run, prepared):
+        rendered = prepared["frames"]
         self.player.end = rendered.count
         self.player.value = min(max(self.player.value, 1), rendered.count)
         # the player's loop buttons reach below the row Panel gives it: room for them
@@ -877,8 +979,9 @@ class RolloutView(RunView):
                                     css_classes=["flow-player"], margin=(30, 5, 5, 5))
         choice = pn.widgets.RadioButtonGroup.from_param(self.param.quantity)
         arrows = pn.widgets.Checkbox.from_param(self.param.arrows, name="arrows", width=80)
-        return parts + [pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
-                        pn.Row(self.player, choice, arrows), self.flow]
+        return [StaticFigure.of(prepared["curves"]),
+                pn.pane.Markdown(f"### Flow player: {run.id} (truth, prediction, error)"),
+                pn.Row(self.player, choice, arrows), self.flow]
 
     def _step(self, event):
         if self.flow is not None:
@@ -892,13 +995,13 @@ class RolloutView(RunView):
 class EquivarianceView(RunView):
     """Model equivariance error per group element, and model against data equivariance."""
 
-    def content(self, run):
+    def prepare(self, run):
         metrics = cached_metrics(run)
-        parts = [pn.pane.Markdown(f"### Equivariance: {run.id}")]
+        per_element = None
         if metrics is not None and "equivariance_error_element" in metrics:
             err = xr.Dataset({"relative": metrics["equivariance_error_element"]})
-            parts.append(_static(("equivariance", _file_version(run.path / "metrics.nc")),
-                                 lambda: plots.equivariance_bars(err)))
+            per_element = _rendered(("equivariance", _file_version(run.path / "metrics.nc")),
+                                    lambda: plots.equivariance_bars(err))
         points = []
         for row in self.state.services.catalog():
             if row["state"] != "done" or row.get("equivariance_error") is None:
@@ -911,10 +1014,17 @@ class EquivarianceView(RunView):
             if data_error is not None:
                 points.append(dict(data_error=data_error, model_error=row["equivariance_error"],
                                    model=row["model"]))
-        parts += [pn.pane.Markdown("### Model vs data equivariance error (the paper's Figure 4)"),
-                  _static(("model vs data", repr(points)),
-                          lambda: plots.equivariance_vs_data(points))]
-        return parts
+        return dict(per_element=per_element,
+                    against_data=_rendered(("model vs data", repr(points)),
+                                           lambda: plots.equivariance_vs_data(points)))
+
+    def content(self, run, prepared):
+        parts = [pn.pane.Markdown(f"### Equivariance: {run.id}")]
+        if prepared["per_element"] is not None:
+            parts.append(StaticFigure.of(prepared["per_element"]))
+        return parts + [
+            pn.pane.Markdown("### Model vs data equivariance error (the paper's Figure 4)"),
+            StaticFigure.of(prepared["against_data"])]
 
 
 class SweepView(RunView):
@@ -923,29 +1033,30 @@ class SweepView(RunView):
     def current(self):  # needs no finished run of its own: it looks at all runs
         return self.state
 
-    def content(self, _state):
+    def prepare(self, _state):
         rows = [r for r in self.state.services.catalog() if r["state"] == "done"]
         # the dataset of the first selected run, else the experiment panel's
         chosen = next((r for r in rows if self.state.selected_runs
                        and r["id"] == self.state.selected_runs[0]), None)
         dataset = chosen["dataset"] if chosen else self.state.dataset
-        same = [r for r in rows if r.get("dataset") == dataset and r["model"] == self.state.model
-                and r.get("group") == self.state.group]
+        model, group = self.state.model, self.state.group
+        same = [r for r in rows if r.get("dataset") == dataset and r["model"] == model
+                and r.get("group") == group]
         refs = {}
-        for label, name in (("strict", STRICT_OF.get(self.state.model, self.state.model)),
-                            ("free (conv)", "conv")):
+        for label, name in (("strict", STRICT_OF.get(model, model)), ("free (conv)", "conv")):
             match = [r["future_rmse"] for r in rows if r["model"] == name
                      and r.get("dataset") == dataset and r.get("future_rmse") is not None]
             if match:
                 refs[f"{label} ({name})" if label == "strict" else label] = float(np.mean(match))
+        return dict(title=f"### Relaxation sweep: {model} {group} on `{dataset}`",
+                    figure=_rendered(("sweep", repr((same, refs))),
+                                     lambda: plots.sweep_plot(same, references=refs)))
+
+    def content(self, _state, prepared):
         button = pn.widgets.Button(name="Launch alpha sweep (0, 1e-4, 1e-2, 1)",
                                    button_type="primary")
         button.on_click(self._launch)
-        return [pn.pane.Markdown(f"### Relaxation sweep: {self.state.model} {self.state.group} on "
-                                 f"`{dataset}`"),
-                _static(("sweep", repr((same, refs))),
-                        lambda: plots.sweep_plot(same, references=refs)),
-                button]
+        return [pn.pane.Markdown(prepared["title"]), StaticFigure.of(prepared["figure"]), button]
 
     def _launch(self, _event=None):
         original = self.state.alpha

@@ -175,8 +175,19 @@ class Session:
 
     async def _ready(self, tab: str) -> None:
         text, plots = READY[tab]
-        await self.page.wait_for_function("([t, n]) => window.__ready(t, n)", arg=[text, plots],
-                                          polling=POLL_MS, timeout=self.timeout * 1000)
+        try:
+            await self.page.wait_for_function("([t, n]) => window.__ready(t, n)",
+                                              arg=[text, plots], polling=POLL_MS,
+                                              timeout=self.timeout * 1000)
+        except Exception as err:  # say what the page showed instead
+            try:
+                seen = await self.page.evaluate("([t, n]) => window.__seen(t, n, true)",
+                                                [text, plots])
+            except Exception:  # the page itself is gone
+                seen = None
+            raise TimeoutError(f"{tab}: not on screen within {self.timeout:.0f} s; the page "
+                               f"showed {seen} (its text {text!r}, {plots} plots wanted): "
+                               f"{type(err).__name__}") from err
 
     async def tour(self) -> None:
         for tab in TOUR:
@@ -200,7 +211,7 @@ class Session:
 # elements and 100-150 shadow roots, against 0.7-1.2 ms reading text nodes only, with no CSS
 # (BENCHMARKS.md, 2026-12-01).
 POLL_MS = 100
-READY_PROBE = """window.__ready = (text, plots) => {
+READY_PROBE = """window.__seen = (text, plots, whole) => {  // whole: count plots without the text
   const shown = (el) => el.offsetParent !== null && el.getClientRects().length > 0;
   const roots = [document];  // the page and every shadow root in it
   for (let i = 0; i < roots.length; i++)
@@ -212,7 +223,8 @@ READY_PROBE = """window.__ready = (text, plots) => {
       if (node.data.includes(text) && node.parentElement && shown(node.parentElement))
         return true;
     return false; };
-  if (!roots.some(holds)) return false;
+  const shownText = roots.some(holds);
+  if (!shownText && !whole) return {text: false, drawn: 0};
   let drawn = 0;  // figures on screen: a Bokeh figure's canvas, or a figure's decoded picture
   const onScreen = (el) => {
     const r = el.getBoundingClientRect(); return r.width > 0 && r.height > 0; };
@@ -222,7 +234,9 @@ READY_PROBE = """window.__ready = (text, plots) => {
     for (const el of root.querySelectorAll('.figure-picture img'))
       if (el.complete && el.naturalWidth > 0 && shown(el) && onScreen(el)) drawn++;
   }
-  return drawn >= plots; };"""
+  return {text: shownText, drawn}; };
+window.__ready = (text, plots) => {
+  const seen = window.__seen(text, plots); return seen.text && seen.drawn >= plots; };"""
 
 # listens for the slider's input events and the document changes the server sends back
 LATENCY_PROBE = """() => {
