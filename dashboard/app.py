@@ -13,6 +13,7 @@ import panel as pn
 
 from dashboard import plots
 from dashboard.background import served_document, warn_if_pooled
+from dashboard.delivery import deliver_queued_changes
 from dashboard.gate import DRAWS, page_key
 from dashboard.state import ExperimentState, Services
 from dashboard.ticker import Ticker
@@ -152,6 +153,7 @@ class ExplorerApp(pn.viewable.Viewer):
         doc = served_document()
         if doc is not None:
             warn_if_pooled()
+            deliver_queued_changes()  # once per process: no change is left queued for a page
             ticker = Ticker.get(self.state.services, REFRESH_MS)
             ticker.add(doc, self.refresh)
             # bound now: under panel serve this module's globals are gone when a session closes

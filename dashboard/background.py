@@ -72,7 +72,6 @@ class Background:
 
     def __init__(self):
         self._latest = 0
-        self.busy = False  # work of this view is on a worker thread
 
     def drop(self) -> None:
         """Whatever is under way will not be shown."""
@@ -88,22 +87,16 @@ class Background:
             return
 
         async def finish():
-            loop = asyncio.get_running_loop()
-            self.busy = True
-            future = loop.run_in_executor(WORKERS, _outcome, work)
-            try:
-                if waiting is None:
+            future = asyncio.get_running_loop().run_in_executor(WORKERS, _outcome, work)
+            if waiting is None:
+                outcome = await future
+            else:
+                try:
+                    outcome = await asyncio.wait_for(asyncio.shield(future), SLOW_S)
+                except asyncio.TimeoutError:
+                    if mine == self._latest:
+                        waiting()
                     outcome = await future
-                else:
-                    try:
-                        outcome = await asyncio.wait_for(asyncio.shield(future), SLOW_S)
-                    except asyncio.TimeoutError:
-                        if mine == self._latest:
-                            waiting()
-                        outcome = await future
-            finally:
-                if mine == self._latest:
-                    self.busy = False
             if mine == self._latest:
                 show(outcome)
 

@@ -4,6 +4,7 @@ The server gets its own project folder (:func:`tests.workspace.shipped_workspace
 datasets for training) and its own run store, so tests never touch the project's files and see
 what a clean clone after `make data` shows.
 """
+import contextlib
 import os
 import socket
 import subprocess
@@ -93,3 +94,19 @@ def page(browser, dashboard_url):
     page.wait_for_selector("text=Experiment", timeout=60000)
     yield page
     context.close()
+
+
+@contextlib.contextmanager
+def served_in_process(app):
+    """``app`` (a function making a session's Panel object) served by Panel in this process,
+    with the dashboard's settings (no callback pool); yields its URL."""
+    import panel as pn
+
+    assert pn.config.nthreads is None, "the dashboard's server runs no callback pool"
+    port = _free_port()
+    server = pn.serve({"app": app}, port=port, address="127.0.0.1", show=False, threaded=True,
+                      websocket_origin=[f"127.0.0.1:{port}"])
+    try:
+        yield f"http://127.0.0.1:{port}/app"
+    finally:
+        server.stop()

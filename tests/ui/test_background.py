@@ -13,7 +13,7 @@ import pytest
 from bokeh.document.callbacks import DocumentCallbackManager
 
 from dashboard.background import SLOW_S, Background
-from tests.ui.conftest import _free_port
+from tests.ui.conftest import served_in_process
 
 SLOW_WORK_S = 5 * SLOW_S  # its "preparing" message stays on the page for a second
 
@@ -68,20 +68,18 @@ def served(browser):
         record["loop thread"] = threading.get_ident()
         return _Tab(record)
 
-    assert pn.config.nthreads is None, "the dashboard's server runs no callback pool"
-    port = _free_port()
     DocumentCallbackManager.trigger_on_change = recording
-    server = pn.serve({"app": app}, port=port, address="127.0.0.1", show=False, threaded=True,
-                      websocket_origin=[f"127.0.0.1:{port}"])
-    context = browser.new_context()
     try:
-        page = context.new_page()
-        page.goto(f"http://127.0.0.1:{port}/app", timeout=60000)
-        page.get_by_text("nothing yet").wait_for(timeout=60000)
-        yield page, record
+        with served_in_process(app) as url:
+            context = browser.new_context()
+            try:
+                page = context.new_page()
+                page.goto(url, timeout=60000)
+                page.get_by_text("nothing yet").wait_for(timeout=60000)
+                yield page, record
+            finally:
+                context.close()
     finally:
-        context.close()
-        server.stop()
         DocumentCallbackManager.trigger_on_change = original
 
 
