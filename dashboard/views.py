@@ -505,8 +505,9 @@ class JobsView(pn.viewable.Viewer):
                                  or [_message("no jobs yet")])
         watched = next((r["id"] for r in reversed(rows) if r["state"] == "running"),
                        rows[-1]["id"] if rows else None)
-        if watched is None:
-            if not self.curves.item:
+        if watched is None:  # no runs: empty axes (once, not again while they are drawn)
+            if self._watched != ("no runs",):
+                self._watched = ("no runs",)
                 self._draw_curves(("training curves",), lambda: plots.training_curves([]))
             return
         try:
