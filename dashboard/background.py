@@ -4,12 +4,12 @@ Under ``panel serve`` a session's Bokeh document is safe to change on the server
 only. While a document is held (``pn.io.hold``, and Panel holds it around every update it
 applies), Bokeh keeps the pending changes in a plain list, and the loop releasing the hold swaps
 that list for a new one: a change announced from another thread in between is lost. Measured
-with Bokeh 3.9 alone (two threads, one holding and releasing, one scheduling callbacks): 13 to 66
+with Bokeh 3.9 alone (two threads, one holding and releasing, one scheduling callbacks): 7 to 66
 of 20 000 callbacks never reached the session. A lost change is a page that never updates, with
 no error anywhere. With a callback pool (``panel serve --num-threads``) Panel runs every user
 event on a pool thread and hands its changes to the loop through exactly that path; at twenty
-sessions about one tab view in 1 500 stayed empty for good (BENCHMARKS.md, "2026-12-02: the
-empty tab").
+sessions about one tab view in a few hundred stayed empty for good (BENCHMARKS.md,
+"2026-12-02: the empty tab").
 
 So the dashboard's server runs no callback pool (:mod:`dashboard.serve`): user events run on the
 loop. Work that may take long (an analysis computed, a figure drawn, an uploaded file read) is
