@@ -21,6 +21,7 @@ from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, Expe
                              JobsView, RolloutView, RunsCatalog, SweepView)
 
 TITLE = "Relaxed-Equivariance Explorer"
+TAB_NAMES = ("Runs", "Jobs", "Symmetry breaking", "Discovery", "Rollout", "Equivariance", "Sweep")
 REFRESH_MS = 1000
 
 # FilePond, the file dropper's library, starts a 60-frames-a-second loop as soon as it loads: on
@@ -72,12 +73,38 @@ def without_unused_bundles(scripts: str) -> str:
     return _UNUSED_SCRIPT.sub("", scripts)
 
 
+def load_extensions() -> None:
+    """The Panel extensions the app's page needs: the file dropper (Bring your own data) and
+    notifications. Every page has them, as Bokeh cannot add a model's scripts to a page later."""
+    pn.extension("filedropper", notifications=True)
+
+
+def page_template(sidebar, main) -> pn.template.BootstrapTemplate:
+    """The served page around ``sidebar`` and ``main``: the app's, and the load test's control
+    page's (tests/control.py), which holds a line of text in the same page.
+
+    Bootstrap: all resources are served locally (the Fast design fetches web fonts). No busy
+    spinner: Panel's follows one flag for the whole process, so every callback of any session
+    was sent to every open page and set all their spinners going (at N = 20 the pages' tour work
+    79 -> 64 core-s, latency p95 2.7 -> 0.3-1.0 s; BENCHMARKS.md)."""
+    template = pn.template.BootstrapTemplate(title=TITLE, sidebar=[sidebar], main=[main],
+                                             sidebar_width=340, busy_indicator=None)
+    # the painter must be on the page before the libraries load: the head's first block
+    environment = template.template.environment
+    environment.filters["without_unused_bundles"] = without_unused_bundles
+    template.template = environment.from_string(
+        '{% extends "bootstrap/bootstrap.html" %}{% block preamble %}' + IDLE_PAINTER
+        + "{{ super() }}{% endblock %}{% block js_resources %}"
+        "{{ bokeh_js | without_unused_bundles if bokeh_js }}{% endblock %}")
+    return template
+
+
 class ExplorerApp(pn.viewable.Viewer):
     """The whole dashboard: experiment panel, jobs, runs and the analysis tabs."""
 
     def __init__(self, services: Services | None = None, **params):
         super().__init__(**params)
-        pn.extension("filedropper", notifications=True)
+        load_extensions()
         # once per server process (dashboard/warm.py does it before any session; 16 ms each);
         # a notebook loads it with each app, for the page's scripts
         if served_document() is None or hv.renderer("bokeh").webgl:
@@ -95,11 +122,10 @@ class ExplorerApp(pn.viewable.Viewer):
         # discovery can only be started from it
         self.discovery: DiscoveryView | None = None
         self._discovery_slot = pn.Column(sizing_mode="stretch_width")
-        tabs = [("Runs", self.catalog), ("Jobs", self.jobs),
-                 ("Symmetry breaking", self.breaking), ("Discovery", self._discovery_slot),
-                 ("Rollout", self.rollout), ("Equivariance", self.equivariance),
-                 ("Sweep", self.sweep)]
-        self._tab_names = [name for name, _ in tabs]
+        tabs = list(zip(TAB_NAMES, [self.catalog, self.jobs, self.breaking,
+                                    self._discovery_slot, self.rollout, self.equivariance,
+                                    self.sweep]))
+        self._tab_names = list(TAB_NAMES)
         # not Panel's dynamic tabs: the views themselves render only while shown and let go of
         # their plots when hidden, and the Runs table is then built once, not again on every
         # return to it (dynamic tabs rebuilt it: 0.6 s of the page's CPU each time)
@@ -175,22 +201,8 @@ class ExplorerApp(pn.viewable.Viewer):
             self._first_screen_drawn()
 
     def template(self) -> pn.template.BootstrapTemplate:
-        # Bootstrap: all resources are served locally (the Fast design fetches web fonts).
-        # No busy spinner: Panel's follows one flag for the whole process, so every callback of
-        # any session was sent to every open page and set all their spinners going (at N = 20
-        # the pages' tour work 79 -> 64 core-s, latency p95 2.7 -> 0.3-1.0 s; BENCHMARKS.md).
         self.start()
-        template = pn.template.BootstrapTemplate(title=TITLE, sidebar=[self.experiment],
-                                                 main=[self.tabs], sidebar_width=340,
-                                                 busy_indicator=None)
-        # the painter must be on the page before the libraries load: the head's first block
-        environment = template.template.environment
-        environment.filters["without_unused_bundles"] = without_unused_bundles
-        template.template = environment.from_string(
-            '{% extends "bootstrap/bootstrap.html" %}{% block preamble %}' + IDLE_PAINTER
-            + "{{ super() }}{% endblock %}{% block js_resources %}"
-            "{{ bokeh_js | without_unused_bundles if bokeh_js }}{% endblock %}")
-        return template
+        return page_template(sidebar=self.experiment, main=self.tabs)
 
     def __panel__(self):
         self.start()

@@ -16,6 +16,12 @@ app when its turn comes); ``--via app`` opens ``/app`` itself. Then:
    page's Bokeh document that the server sends back (the updated plot);
 4. all sessions close; the server's RSS is read once it has dropped them.
 
+Before all this, a control (``--no-control`` leaves it out): N pages open ``/control`` at once,
+the app's page with a line of text in it (tests/control.py: the same template, scripts and
+turns), timed to their first screen. Its times say what this machine, this hour, costs a class
+before the app draws anything of its own; the machine's CPU per first screen (every process:
+browsers, server, this harness) is printed for both.
+
 Printed: first-screen and per-tab times (median / max), the server's CPU seconds per session
 (its own /proc counters, the browsers and the training worker excluded), callback latency
 (median / p95), the server's RSS at each stage, console errors and requests to any host other
@@ -42,6 +48,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parents[1]
+CONTROL_PAGE = Path(__file__).with_name("control.py")  # served at /control
 CHROMIUM = os.environ.get("REE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -69,6 +76,12 @@ def _free_port() -> int:
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _machine_cpu() -> float:
+    """CPU seconds the whole machine has spent busy (all processes, all cores)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
 
 
 def _rss_mb(pid: int) -> float:
@@ -105,11 +118,14 @@ class Server:
                 os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
         self.log = open(log, "wb")
         command = panel_command("127.0.0.1", self.port, unused_session_ms=self.unused_session_ms)
+        app = command.index("serve") + 1  # the app's script; the control page served beside it
+        command[app + 1:app + 1] = [str(CONTROL_PAGE)]
         self.proc = subprocess.Popen(command, cwd=cwd, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.url = f"http://127.0.0.1:{self.port}/app"
         self.class_url = f"http://127.0.0.1:{self.port}/class"
+        self.control_url = f"http://127.0.0.1:{self.port}/{CONTROL_PAGE.stem}"
         deadline = time.time() + 180
         while time.time() < deadline:
             try:  # up and warmed; unlike the app's page, this makes no session
@@ -331,10 +347,33 @@ async def _arrive(session: Session, delay: float) -> None:
     await session.tour()
 
 
+async def _first_screens(sessions: list[Session], server: Server) -> tuple[list, dict]:
+    """Open ``sessions`` at once: what each raised (None: on screen), and the machine's and the
+    server's CPU seconds per session until the last is on screen."""
+    machine0, server0 = _machine_cpu(), server.cpu()
+    opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
+    n = len(sessions)
+    return opened, dict(machine=(_machine_cpu() - machine0) / n, server=(server.cpu() - server0) / n)
+
+
+async def _control(browser, server: Server, n: int, timeout: float, say) -> tuple[dict, list]:
+    """N control pages (tests/control.py) at once, timed to their first screen, then closed."""
+    pages = [Session(browser, server.control_url, timeout) for _ in range(n)]
+    for page in pages:
+        page.stage = "control"
+    opened, cpu = await _first_screens(pages, server)
+    await asyncio.gather(*(p.close() for p, o in zip(pages, opened) if o is None),
+                         return_exceptions=True)
+    failures = [repr(x) for x in opened if x is not None]
+    say(f"[load] control: {n} pages of a line of text ({len(failures)} failed)")
+    return dict(first_screen_s=_stats(p.times.get("first screen") for p in pages),
+                cpu_per_first_screen_s=cpu, failures=failures), pages
+
+
 async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: Path,
                unused_session_ms: int | None, say, release_memory: bool,
                arrive_over: float = 0.0, draw_slots: int | None = None,
-               via: str = "class") -> dict:
+               via: str = "class", control: bool = True) -> dict:
     from playwright.async_api import async_playwright
 
     server = Server(data, work / "runs", work / "server.log", cwd, unused_session_ms,
@@ -346,6 +385,11 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
         result["rss_mb"] = {"idle": server.rss()}
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            # 0. the control: the same page with a line of text, N at once
+            controls = []
+            if control and not arrive_over:
+                result["control"], controls = await _control(browser, server, n, timeout, say)
+                await asyncio.sleep(1)
             # 1. one session alone
             cpu0 = server.cpu()
             one = Session(browser, url, timeout)
@@ -368,8 +412,8 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
                                               return_exceptions=True)
                 toured, cpu1 = [], None
             else:
-                opened = await asyncio.gather(*(s.open() for s in sessions),
-                                              return_exceptions=True)
+                opened, per_page = await _first_screens(sessions, server)
+                result["machine_cpu_per_first_screen_s"] = per_page["machine"]
                 cpu1 = server.cpu()
                 say(f"[load] {n} sessions opened ({sum(o is None for o in opened)} ok)")
                 toured = await asyncio.gather(*(s.tour() for s, o in zip(sessions, opened)
@@ -377,6 +421,7 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
             cpu2 = server.cpu()
             result["rss_mb"]["all open"] = server.rss()
             failures = [repr(x) for x in list(opened) + list(toured) if x is not None]
+            failures += result.get("control", {}).get("failures", [])
             result["failures"] = failures
             result["first_screen_s"] = _stats(s.times.get("first screen") for s in sessions)
             result["tabs_s"] = {t: _stats(s.times.get(t) for s in sessions) for t in TOUR}
@@ -396,8 +441,9 @@ async def _run(n: int, timeout: float, moves: int, data: Path, work: Path, cwd: 
                                             training_running_after=bool(_children(server.pid)),
                                             slider_elements=live.sliders_seen)
                 say(f"[load] latency over {len(lat)} slider moves (training: {training})")
-            result["console_errors"] = sorted({e for s in sessions + [one] for e in s.errors})
-            result["outside_requests"] = sorted({u for s in sessions + [one] for u in s.outside})
+            everyone = sessions + [one] + controls
+            result["console_errors"] = sorted({e for s in everyone for e in s.errors})
+            result["outside_requests"] = sorted({u for s in everyone for u in s.outside})
             # 4. close all; the server drops them after its unused-session lifetime
             await asyncio.gather(*(s.close() for s, o in zip(sessions, opened) if o is None),
                                  return_exceptions=True)
@@ -482,6 +528,20 @@ def report(r: dict) -> str:
     for tab in TOUR:
         s = r["tabs_s"][tab]
         lines.append(f"{tab + ' (s)':<22}{fmt(s['median']):>9}{fmt(s['max']):>9}")
+    if r.get("machine_cpu_per_first_screen_s") is not None:
+        lines.append("machine CPU per first screen (s; every process: browsers, server, this "
+                     f"test): {fmt(r['machine_cpu_per_first_screen_s'])}")
+    c = r.get("control")
+    if c and c["first_screen_s"]["n"]:
+        f, cf = r["first_screen_s"], c["first_screen_s"]
+        ratio = ("" if not f["n"] else f"; the app's first screens took "
+                 f"{f['median'] / cf['median']:.2f}x (median) and {f['max'] / cf['max']:.2f}x "
+                 "(max) the control's")
+        lines.append(f"control, the same page with a line of text ({cf['n']} at once, "
+                     f"/{CONTROL_PAGE.stem}): first screen median {fmt(cf['median'])} s, max "
+                     f"{fmt(cf['max'])} s; machine CPU per first screen "
+                     f"{fmt(c['cpu_per_first_screen_s']['machine'])} s, server "
+                     f"{fmt(c['cpu_per_first_screen_s']['server'])} s" + ratio)
     lat = r.get("latency_ms")
     if lat:
         lines.append(f"callback latency: median {fmt(lat['median'])} ms, p95 {fmt(lat['p95'])} ms "
@@ -506,7 +566,8 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
         data: str | os.PathLike | None = None, cwd: str | os.PathLike = ROOT,
         unused_session_ms: int | None = None, say=print,
         log: str | os.PathLike | None = None, release_memory: bool = False,
-        arrive_over: float = 0.0, draw_slots: int | None = None, via: str = "class") -> dict:
+        arrive_over: float = 0.0, draw_slots: int | None = None, via: str = "class",
+        control: bool = True) -> dict:
     """Run the load test and return its measurements (see the module docstring). ``data`` is
     the server's data folder (default: the project's); ``cwd`` its working folder, against which
     shipped runs' relative dataset paths (``data/NAME.nc``) are resolved first;
@@ -517,7 +578,8 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
     ``draw_slots``: serve as ``python -m dashboard.serve --draw-slots N`` does (default: its
     default, the machine's cores; 0: every page draws at once, as before dashboard.gate);
     ``via``: the address the sessions open, ``"class"`` (the waiting room a class is given,
-    dashboard/waiting.py) or ``"app"`` (the app itself)."""
+    dashboard/waiting.py) or ``"app"`` (the app itself); ``control``: first open N control pages
+    (tests/control.py) at once, for comparison (not with ``arrive_over``)."""
     if not 1 <= sessions <= MAX_SESSIONS:
         raise ValueError(f"sessions must be 1..{MAX_SESSIONS}, got {sessions}")
     if not 0 <= arrive_over <= MAX_ARRIVE_OVER_S:
@@ -539,7 +601,7 @@ def run(sessions: int = 4, timeout: float = 180.0, moves: int = 20,
             return pool.submit(asyncio.run, _run(sessions, timeout, moves, data, work,
                                                  Path(cwd), unused_session_ms, say,
                                                  release_memory, arrive_over,
-                                                 draw_slots, via)).result()
+                                                 draw_slots, via, control)).result()
     finally:
         if log is not None and (work / "server.log").exists():
             shutil.copyfile(work / "server.log", log)
@@ -566,11 +628,14 @@ def main(argv=None) -> int:
     p.add_argument("--via", choices=VIAS, default="class",
                    help="the address sessions open: the class's waiting room (/class, the "
                         "default) or the app itself (/app)")
+    p.add_argument("--no-control", dest="control", action="store_false",
+                   help="leave out the control: N pages of the same page with a line of text, "
+                        "opened at once before the app's sessions")
     args = p.parse_args(argv)
     try:
         result = run(args.sessions, args.timeout, args.moves, args.data, log=args.log,
                      release_memory=args.release_memory, arrive_over=args.arrive_over,
-                     draw_slots=args.draw_slots, via=args.via)
+                     draw_slots=args.draw_slots, via=args.via, control=args.control)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
