@@ -39,6 +39,8 @@ HOLD_S = 5.0  # the longest a slot is held without the page's report
 TICK_S = 0.1  # how often waiters are looked at (and the machine's load read)
 SPARE_BELOW = 0.8  # the machine's busy fraction under which one more waiter is let in a tick
 SLOTS_ENV = "REE_DRAW_SLOTS"  # slots of a served dashboard (default: the machine's cores)
+HOLD_ENV = "REE_DRAW_HOLD_S"  # a served dashboard's HOLD_S (tests: long, so a page that never
+                              # reports stands out from one that is merely slow)
 
 
 class MachineLoad:
@@ -92,12 +94,15 @@ class DrawQueue:
     def enabled(self) -> bool:
         return self.slots > 0
 
-    def configure(self, slots: int, loop=None) -> None:
+    def configure(self, slots: int, loop=None, hold_s: float | None = None) -> None:
         """Turn the queue on (``slots`` > 0) for the server whose loop is ``loop`` (default:
-        this thread's)."""
+        this thread's); ``hold_s``: the longest a slot is held without the page's report
+        (default: as before)."""
         from tornado.ioloop import IOLoop
 
         self.slots, self._loop = checked_slots(slots), loop or IOLoop.current()
+        if hold_s is not None:
+            self.hold_s = hold_s
 
     def request(self, key: Hashable, start: Callable[[Hashable], None]) -> bool:
         if not self.enabled:
@@ -246,6 +251,19 @@ def slots_from_env() -> int:
     return checked_slots(slots, SLOTS_ENV)
 
 
+def hold_from_env() -> float:
+    """How long a served dashboard's page may hold its slot unreported: ``REE_DRAW_HOLD_S``,
+    else :data:`HOLD_S`."""
+    raw = os.environ.get(HOLD_ENV, "").strip()
+    try:
+        hold = float(raw) if raw else HOLD_S
+    except ValueError:
+        hold = -1.0
+    if not hold > 0:
+        raise ValueError(f"{HOLD_ENV} must be a number of seconds above 0, got {raw!r}")
+    return hold
+
+
 def checked_slots(slots: int, what: str = "draw slots") -> int:
     """``slots`` when it is a valid count (0: every page at once), else ValueError naming
     ``what`` (the option or setting it came from)."""
@@ -295,4 +313,5 @@ def hold_first_screens(queue: DrawQueue = DRAWS) -> None:
 
 
 __all__ = ["DRAWS", "DrawQueue", "MachineLoad", "HOLD_S", "TICK_S", "TICKET_ARG", "checked_slots",
-           "hold_first_screens", "page_key", "slots_from_env", "ticket_key"]
+           "hold_first_screens", "hold_from_env", "HOLD_ENV", "page_key", "slots_from_env",
+           "ticket_key"]

@@ -25,7 +25,7 @@ from bokeh.settings import settings
 
 from dashboard import plots
 from dashboard.compression import prime, serve_compressed
-from dashboard.gate import DRAWS, hold_first_screens, slots_from_env
+from dashboard.gate import DRAWS, hold_first_screens, hold_from_env, slots_from_env
 from dashboard.state import ExperimentState, Services
 from dashboard.views import (BreakingView, DiscoveryView, EquivarianceView, RolloutView,
                              RunsCatalog, SweepView)
@@ -57,7 +57,7 @@ warm()
 serve_compressed()
 log.info("page bundles compressed to %.2f MB", prime() / 2 ** 20)
 # first screens load in turn while the machine is busy (dashboard/gate.py)
-DRAWS.configure(slots_from_env())
+DRAWS.configure(slots_from_env(), hold_s=hold_from_env())
 if DRAWS.enabled:
     hold_first_screens(DRAWS)
 print("dashboard: first screens load "

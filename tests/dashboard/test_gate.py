@@ -5,7 +5,8 @@ import threading
 
 import pytest
 
-from dashboard.gate import DrawQueue, MachineLoad, hold_first_screens, page_key, slots_from_env
+from dashboard.gate import (HOLD_S, DrawQueue, MachineLoad, hold_first_screens, hold_from_env,
+                            page_key, slots_from_env)
 
 
 class Clock:
@@ -239,6 +240,30 @@ def test_slots_come_from_the_environment_else_the_cores(monkeypatch):
             slots_from_env()
     with pytest.raises(ValueError, match="draw slots"):
         DrawQueue().configure(-1)
+
+
+def test_the_hold_comes_from_the_environment_else_five_seconds(monkeypatch):
+    monkeypatch.delenv("REE_DRAW_HOLD_S", raising=False)
+    assert hold_from_env() == HOLD_S == 5.0
+    monkeypatch.setenv("REE_DRAW_HOLD_S", "120")
+    assert hold_from_env() == 120.0
+    for bad in ("long", "0", "-3", "nan"):
+        monkeypatch.setenv("REE_DRAW_HOLD_S", bad)
+        with pytest.raises(ValueError, match="REE_DRAW_HOLD_S"):
+            hold_from_env()
+
+
+def test_a_configured_hold_is_how_long_an_unreported_slot_is_kept():
+    from tornado.ioloop import IOLoop
+
+    q, clock = queue(slots=1, hold_s=5.0)
+    q.configure(1, IOLoop.current(), hold_s=60.0)
+    assert q.request("slow page", started([]))
+    assert not q.request("next", started([]))
+    clock.now = 30.0  # past the default 5 s, within the configured 60 s
+    assert q.admit() == []
+    clock.now = 60.1
+    assert [k for k, _ in q.admit()] == ["next"]
 
 
 def test_sessions_wait_for_their_turn_before_they_are_made(monkeypatch):
