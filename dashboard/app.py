@@ -79,6 +79,16 @@ def load_extensions() -> None:
     pn.extension("filedropper", notifications=True)
 
 
+def end_turn_when_drawn(doc) -> partial:
+    """A served page's turn to draw its first screen (dashboard/gate.py) ends once the page has
+    drawn it (Panel's ``onload``). Returns what ends it sooner, for a session closed first;
+    bound now, as under ``panel serve`` the app module's globals are gone when a session
+    closes."""
+    drawn = partial(DRAWS.release, page_key(doc.session_context.id))
+    pn.state.onload(drawn)
+    return drawn
+
+
 def page_template(sidebar, main) -> pn.template.BootstrapTemplate:
     """The served page around ``sidebar`` and ``main``: the app's, and the load test's control
     page's (tests/control.py), which holds a line of text in the same page.
@@ -185,10 +195,7 @@ class ExplorerApp(pn.viewable.Viewer):
             # bound now: under panel serve this module's globals are gone when a session closes
             self._stop = partial(ticker.remove, doc)
             pn.state.on_session_destroyed(self._closed)
-            # the page's turn to draw its first screen (dashboard/gate.py) ends once it is
-            # drawn, or when it closes first (bound now, as the ticker's remove)
-            self._first_screen_drawn = partial(DRAWS.release, page_key(doc.session_context.id))
-            pn.state.onload(self._first_screen_drawn)
+            self._first_screen_drawn = end_turn_when_drawn(doc)  # or ended in _closed
         else:
             self._stop = pn.state.add_periodic_callback(self.refresh, period=REFRESH_MS).stop
 

@@ -6,12 +6,9 @@ screen (dashboard/gate.py); each tab and the sidebar hold one line of text, the 
 text the load test waits for. Twenty of these opening at once measure what the machine costs a
 class before the app draws anything of its own, in the same run as the app.
 """
-from functools import partial
-
 import panel as pn
 
-from dashboard.app import TAB_NAMES, TITLE, load_extensions, page_template
-from dashboard.gate import DRAWS, page_key
+from dashboard.app import TAB_NAMES, TITLE, end_turn_when_drawn, load_extensions, page_template
 from tests.loadtest import READY
 
 if __name__.startswith("bokeh_app_"):
@@ -19,7 +16,6 @@ if __name__.startswith("bokeh_app_"):
     tabs = pn.Tabs(*((name, pn.pane.Markdown(READY["Runs"][0] if name == "Runs" else name))
                      for name in TAB_NAMES), sizing_mode="stretch_width")
     sidebar = pn.Column("### Experiment", "A line of text.", sizing_mode="stretch_width")
-    drawn = partial(DRAWS.release, page_key(pn.state.curdoc.session_context.id))
-    pn.state.onload(drawn)
+    drawn = end_turn_when_drawn(pn.state.curdoc)
     pn.state.on_session_destroyed(lambda _context: drawn())
     page_template(sidebar=sidebar, main=tabs).servable(title=TITLE)

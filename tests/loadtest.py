@@ -353,7 +353,8 @@ async def _first_screens(sessions: list[Session], server: Server) -> tuple[list,
     machine0, server0 = _machine_cpu(), server.cpu()
     opened = await asyncio.gather(*(s.open() for s in sessions), return_exceptions=True)
     n = len(sessions)
-    return opened, dict(machine=(_machine_cpu() - machine0) / n, server=(server.cpu() - server0) / n)
+    return opened, dict(machine=(_machine_cpu() - machine0) / n,
+                        server=(server.cpu() - server0) / n)
 
 
 async def _control(browser, server: Server, n: int, timeout: float, say) -> tuple[dict, list]:
